@@ -1,0 +1,8 @@
+"""invdiff: restore images and scans from degraded measurements with diffusion priors."""
+
+__version__ = "0.1.0"
+
+from .methods import METHODS, Method  # noqa: E402
+from .restore import Result, restore  # noqa: E402
+
+__all__ = ["METHODS", "Method", "Result", "restore", "__version__"]

@@ -1,0 +1,75 @@
+"""The prior protocol: one denoiser ``denoise(x, sigma) -> x0_hat`` in data space.
+
+A noisy image at level ``sigma`` is ``x = x0 + sigma * n`` (variance-exploding
+form) with ``x0`` in the prior's ``data_range`` (``(0, 1)`` for natural
+images).  Whatever a model was trained as, its wrapper answers in these units;
+samplers see only ``denoise`` and a descending tensor of sigmas.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+
+def karras_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> Tensor:
+    """EDM schedule (Karras et al. 2022, eq. 5): ``steps`` levels then a final 0."""
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
+    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    s = (hi + ramp * (lo - hi)) ** rho
+    return torch.cat([s, s.new_zeros(1)]).float()
+
+
+def geometric_sigmas(steps: int, sigma_min: float, sigma_max: float) -> Tensor:
+    """Log-uniform schedule from ``sigma_max`` to ``sigma_min``, then 0."""
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    s = torch.logspace(math.log10(sigma_max), math.log10(sigma_min), steps, dtype=torch.float64)
+    return torch.cat([s, s.new_zeros(1)]).float()
+
+
+def as_sigma(sigma: float | Tensor, x: Tensor) -> Tensor:
+    """``sigma`` (float, 0-d or ``(B,)``) -> tensor of shape ``(B, 1, ..., 1)`` like ``x``."""
+    s = torch.as_tensor(sigma, device=x.device, dtype=x.dtype)
+    if s.dim() == 0:
+        s = s.expand(x.shape[0])
+    if s.shape[0] != x.shape[0]:
+        raise ValueError(f"sigma has {s.shape[0]} entries but x has batch {x.shape[0]}")
+    return s.reshape(-1, *([1] * (x.dim() - 1)))
+
+
+class Prior(nn.Module):
+    """A diffusion prior answering ``denoise(x, sigma) ~ E[x0 | x0 + sigma n = x]``.
+
+    Attributes:
+        sigma_min, sigma_max: the range of noise levels the prior knows (data units).
+        data_range: ``(lo, hi)`` of clean data; samplers may clip ``x0_hat`` to it.
+    """
+
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    data_range: tuple[float, float] = (0.0, 1.0)
+
+    def denoise(self, x: Tensor, sigma: float | Tensor) -> Tensor:  # pragma: no cover - abstract
+        """``x``: ``(B, C, H, W)``, ``sigma``: float or ``(B,)`` -> ``x0_hat`` like ``x``."""
+        raise NotImplementedError
+
+    def forward(self, x: Tensor, sigma: float | Tensor) -> Tensor:
+        return self.denoise(x, sigma)
+
+    def sigmas(self, steps: int) -> Tensor:
+        """The prior's natural descending schedule: ``steps + 1`` values, the last 0."""
+        return karras_sigmas(steps, self.sigma_min, self.sigma_max)
+
+    def score(self, x: Tensor, sigma: float | Tensor) -> Tensor:
+        """``grad log p_sigma(x) = (x0_hat - x) / sigma^2``."""
+        s = as_sigma(sigma, x)
+        return (self.denoise(x, sigma) - x) / s**2
+
+    def clip(self, x0: Tensor) -> Tensor:
+        """Clamp to ``data_range``."""
+        return x0.clamp(*self.data_range)
