@@ -1,0 +1,42 @@
+"""Forward operators ``x -> A(x)``: masks, blurs, downsampling, MRI, CT, nonlinear ones, noise models.
+
+Installed as ``invdiff.operators``.  Knows nothing of diffusion.
+"""
+
+from .base import LinearOperator, Operator, SVDOperator
+from .blur import Blur, gaussian_kernel, motion_kernel
+from .bridge import from_deepinv, to_deepinv
+from .colorization import Colorization
+from .downsampling import Downsampling
+from .identity import Identity
+from .inpainting import Inpainting, box_mask, mask_from_image, random_mask
+from .mri import MRI, mri_mask
+from .noise import Gaussian, Poisson
+from .nonlinear import BeerLambert, PhaseRetrieval, Saturation
+from .tomography import Tomography
+
+__all__ = [
+    "Operator",
+    "LinearOperator",
+    "SVDOperator",
+    "Identity",
+    "Inpainting",
+    "random_mask",
+    "box_mask",
+    "mask_from_image",
+    "Blur",
+    "gaussian_kernel",
+    "motion_kernel",
+    "Downsampling",
+    "Colorization",
+    "MRI",
+    "mri_mask",
+    "Tomography",
+    "PhaseRetrieval",
+    "Saturation",
+    "BeerLambert",
+    "Gaussian",
+    "Poisson",
+    "from_deepinv",
+    "to_deepinv",
+]
