@@ -1,0 +1,82 @@
+"""``METHODS``: the one table from method names to samplers, their default step counts and needs."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor
+
+from .samplers.daps import daps
+from .samplers.ddnm import ddnm
+from .samplers.ddrm import ddrm
+from .samplers.diffpir import diffpir
+from .samplers.dps import dps
+from .samplers.pigdm import pigdm
+from .samplers.repaint import repaint
+from .samplers.score_ald import score_ald
+
+#: Keyword arguments every sampler takes that are not method knobs.
+RESERVED = ("sigma_y", "noise", "generator", "callback")
+
+#: What an operator must offer for a method: ``"svd"`` (``has_svd``), ``"linear"`` (``adjoint``),
+#: ``"mask"`` (an inpainting ``.mask``).
+REQUIREMENTS = ("svd", "linear", "mask")
+
+
+@dataclass(frozen=True)
+class Method:
+    """A posterior sampler with its default number of noise levels and what it needs of the operator."""
+
+    fn: Callable[..., Tensor]
+    steps: int
+    needs: frozenset[str] = frozenset()
+    noise_models: bool = False
+    description: str = ""
+
+    @property
+    def knobs(self) -> dict[str, Any]:
+        """The sampler's keyword knobs with their defaults, e.g. ``{"eta": 0.85, "eta_b": 1.0}``."""
+        return {
+            name: p.default
+            for name, p in inspect.signature(self.fn).parameters.items()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY and name not in RESERVED
+        }
+
+
+METHODS: dict[str, Method] = {
+    "ddrm": Method(
+        ddrm, 20, frozenset({"svd"}), False,
+        "DDRM (Kawar et al. 2022): diffusion restoration in the operator's SVD basis",
+    ),
+    "dps": Method(
+        dps, 1000, frozenset(), True,
+        "DPS (Chung et al. 2023): ancestral steps guided by the gradient of ||y - A(x0_hat)||",
+    ),
+    "pigdm": Method(
+        pigdm, 100, frozenset({"linear"}), False,
+        "PiGDM (Song et al. 2023): pseudoinverse-guided DDIM with the noisy-measurement correction",
+    ),
+    "score_ald": Method(
+        score_ald, 500, frozenset(), True,
+        "Score-ALD (Jalal et al. 2021): annealed Langevin dynamics on prior score plus likelihood",
+    ),
+    "repaint": Method(
+        repaint, 250, frozenset({"mask"}), False,
+        "RePaint (Lugmayr et al. 2022): inpainting by resampling the known region with jumps",
+    ),
+    "ddnm": Method(
+        ddnm, 100, frozenset({"svd"}), False,
+        "DDNM+ (Wang et al. 2023): range-null-space decomposition with noise-aware scaling",
+    ),
+    "diffpir": Method(
+        diffpir, 100, frozenset({"linear"}), False,
+        "DiffPIR (Zhu et al. 2023): plug-and-play half-quadratic splitting with the diffusion denoiser",
+    ),
+    "daps": Method(
+        daps, 200, frozenset(), True,
+        "DAPS (Zhang et al. 2025): decoupled annealing with PF-ODE estimates and Langevin on x0",
+    ),
+}

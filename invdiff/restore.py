@@ -1,0 +1,306 @@
+"""``restore``: validate a problem, draw posterior samples in one batch, summarise them."""
+
+from __future__ import annotations
+
+import math
+import numbers
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from .methods import METHODS, Method
+from .priors.base import Prior
+from .samplers.repaint import inpainting_mask
+
+if TYPE_CHECKING:
+    from .operators import Operator
+
+_NEED_WORDS = {
+    "svd": "an operator with an SVD (has_svd)",
+    "linear": "a linear operator (with an adjoint)",
+    "mask": "an inpainting operator (x -> mask * x with a binary .mask)",
+}
+
+
+_PLAIN = (bool, int, float, str, type(None))
+
+
+@dataclass
+class Result:
+    """Posterior samples of ``restore`` and their pixelwise summary.
+
+    Attributes:
+        mean: ``(B, C, H, W)`` pixelwise mean over the samples.
+        std: ``(B, C, H, W)`` pixelwise sample standard deviation (unbiased, divisor
+            ``samples - 1``); zeros when ``samples == 1``.
+        samples: ``(samples, B, C, H, W)``.
+        nfe: denoiser calls per posterior sample; one batched call counts once, whatever
+            the batch, so it does not grow with ``samples`` or ``B``.
+        seconds: wall time of the sampler.
+        method, steps: the method's name and its number of noise levels.
+        knobs: every knob the sampler ran with (defaults and overrides).
+    """
+
+    mean: Tensor
+    std: Tensor
+    samples: Tensor
+    nfe: int
+    seconds: float
+    method: str
+    steps: int
+    knobs: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-friendly summary without tensors."""
+        return {
+            "method": self.method,
+            "steps": self.steps,
+            "samples": self.samples.shape[0],
+            "shape": list(self.mean.shape),
+            "nfe": self.nfe,
+            "seconds": self.seconds,
+            "knobs": {k: v if isinstance(v, _PLAIN) else repr(v) for k, v in self.knobs.items()},
+        }
+
+
+class _CountingPrior(Prior):
+    """A prior that counts its ``denoise`` calls and delegates everything else."""
+
+    def __init__(self, prior: Prior):
+        super().__init__()
+        self.prior = prior
+        self.calls = 0
+
+    def denoise(self, x: Tensor, sigma: float | Tensor) -> Tensor:
+        self.calls += 1
+        return self.prior.denoise(x, sigma)
+
+    def sigmas(self, steps: int) -> Tensor:
+        return self.prior.sigmas(steps)
+
+    def clip(self, x0: Tensor) -> Tensor:
+        return self.prior.clip(x0)
+
+    @property
+    def sigma_min(self) -> float:  # type: ignore[override]
+        return self.prior.sigma_min
+
+    @property
+    def sigma_max(self) -> float:  # type: ignore[override]
+        return self.prior.sigma_max
+
+    @property
+    def data_range(self) -> tuple[float, float]:  # type: ignore[override]
+        return self.prior.data_range
+
+
+def restore(
+    y: Tensor,
+    op: Operator,
+    prior: Prior,
+    method: str = "ddrm",
+    steps: int | None = None,
+    sigma_y: float | None = None,
+    samples: int = 1,
+    seed: int = 0,
+    noise: Any | None = None,
+    callback: Callable[[dict], None] | None = None,
+    generator: torch.Generator | None = None,
+    **knobs: Any,
+) -> Result:
+    """Draw ``samples`` posterior samples of ``x`` given ``y = A(x) + noise`` in one batched run.
+
+    Args:
+        y: measurement ``(B, C, H, W)``, float, in data units.
+        op: the forward operator ``A``.
+        prior: the diffusion prior.
+        method: a key of ``invdiff.METHODS``.
+        steps: number of noise levels; ``None`` takes the method's default.
+        sigma_y: measurement noise std in data units (0 for noiseless).  Required unless
+            ``noise`` is given; a ``Gaussian`` noise model supplies it.
+        samples: posterior samples per image, drawn together as a batch of ``samples * B``.
+        seed: seeds a fresh ``torch.Generator`` on ``y``'s device unless ``generator`` is given.
+        noise: a noise model (``Gaussian``, ``Poisson``) for methods that take one.
+        callback: passed to the sampler, called with a dict per step.
+        **knobs: the method's own keyword knobs (see ``METHODS[method].knobs``).
+
+    Returns:
+        ``Result`` with mean, std, samples, nfe and timing.
+    """
+    # Validate everything before any sampling.
+    _check_y(y)
+    _check_devices(prior, op, y, generator)
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; known methods: {', '.join(METHODS)}")
+    m = METHODS[method]
+    x_shape = _check_op(op, y)
+    _check_needs(method, m, op, y)
+    valid = m.knobs
+    unknown = [k for k in knobs if k not in valid]
+    if unknown:
+        raise ValueError(
+            f"unknown knob {unknown[0]!r} for method {method!r}; valid knobs: {', '.join(valid) or 'none'}"
+        )
+    steps = m.steps if steps is None else steps
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    if isinstance(samples, bool) or not isinstance(samples, numbers.Integral) or samples < 1:
+        raise ValueError(f"samples must be an integer >= 1, got {samples!r}")
+    steps, samples = int(steps), int(samples)
+    sigma_y, noise = _check_noise(method, m, sigma_y, noise)
+
+    # One batch of samples * B problems, sample-major: entry k * B + b is sample k of image b.
+    y_rep = y.repeat(samples, 1, 1, 1)
+    op_rep = op.repeat_batch(samples)
+    if generator is None:
+        generator = torch.Generator(device=y.device).manual_seed(seed)
+    sigmas = prior.sigmas(steps).to(device=y.device, dtype=y.dtype)
+    counter = _CountingPrior(prior)
+    extra = {"noise": noise} if m.noise_models else {}
+
+    start = time.perf_counter()
+    with torch.no_grad():
+        x = m.fn(
+            counter, op_rep, y_rep, sigmas,
+            sigma_y=sigma_y, generator=generator, callback=callback, **extra, **knobs,
+        )
+    if x.is_cuda:
+        torch.cuda.synchronize(x.device)
+    seconds = time.perf_counter() - start
+
+    xs = x.reshape(samples, *x_shape)
+    std = xs.std(dim=0) if samples > 1 else torch.zeros_like(xs[0])
+    return Result(
+        mean=xs.mean(dim=0),
+        std=std,
+        samples=xs,
+        nfe=counter.calls,
+        seconds=seconds,
+        method=method,
+        steps=steps,
+        knobs={**valid, **knobs},
+    )
+
+
+def _check_y(y: Any) -> None:
+    if not isinstance(y, Tensor):
+        raise ValueError(f"y must be a torch.Tensor of shape (B, C, H, W), got {type(y).__name__}")
+    if not y.is_floating_point():
+        raise ValueError(f"y must be a float tensor, got dtype {y.dtype}; convert it with y.float()")
+    if y.dim() != 4:
+        raise ValueError(
+            f"y must be 4-D (B, C, H, W), got shape {tuple(y.shape)}; add dimensions with y[None] or y[None, None]"
+        )
+    bad = int((~torch.isfinite(y)).sum())
+    if bad:
+        raise ValueError(f"y has {bad} NaN or infinite values out of {y.numel()}; clean the measurement first")
+
+
+def _check_op(op: Operator, y: Tensor) -> tuple[int, ...]:
+    """The image shape for ``y``, checked against the operator; raises ``ValueError``."""
+    try:
+        x_shape = tuple(op.x_shape(y))
+    except NotImplementedError as e:
+        raise ValueError(str(e)) from None
+    op.check(x_shape)
+    with torch.no_grad():
+        ay = op(torch.zeros(x_shape, device=y.device, dtype=y.dtype))
+    if ay.shape != y.shape:
+        raise ValueError(
+            f"y has shape {tuple(y.shape)} but {type(op).__name__} maps images of shape {x_shape} "
+            f"to {tuple(ay.shape)}"
+        )
+    return x_shape
+
+
+def _offers(op: Operator, y: Tensor) -> set[str]:
+    """Which of the method requirements the operator meets (``"mask"``: a pixel mask, not a k-space one)."""
+    out = set()
+    if getattr(op, "has_svd", False):
+        out.add("svd")
+    if getattr(op, "linear", False):
+        out.add("linear")
+    try:
+        with torch.no_grad():
+            inpainting_mask(op, y)
+        out.add("mask")
+    except ValueError:
+        pass
+    return out
+
+
+def _check_needs(method: str, m: Method, op: Operator, y: Tensor) -> None:
+    offers = _offers(op, y)
+    missing = sorted(m.needs - offers)
+    if missing:
+        working = [name for name, other in METHODS.items() if other.needs <= offers]
+        raise ValueError(
+            f"method {method!r} needs {_NEED_WORDS[missing[0]]}, which {type(op).__name__} is not; "
+            f"methods that work with this operator: {', '.join(working)}"
+        )
+
+
+def _check_noise(method: str, m: Method, sigma_y: float | None, noise: Any | None) -> tuple[float, Any | None]:
+    """Resolve ``sigma_y`` and ``noise`` for the method; raises ``ValueError``."""
+    if sigma_y is None and noise is None:
+        raise ValueError("pass sigma_y= (measurement noise std in data units; 0 for noiseless) or noise=")
+    gaussian_sigma = None
+    if noise is not None:
+        from .operators.noise import Gaussian
+
+        if isinstance(noise, Gaussian):
+            gaussian_sigma = float(noise.sigma)
+        elif not m.noise_models:
+            takes = [name for name, other in METHODS.items() if other.noise_models]
+            raise ValueError(
+                f"method {method!r} takes Gaussian noise only (sigma_y=), not {type(noise).__name__}; "
+                f"methods that accept noise models: {', '.join(takes)}"
+            )
+    if sigma_y is None:
+        sigma_y = gaussian_sigma if gaussian_sigma is not None else 0.0
+    if isinstance(sigma_y, Tensor):
+        sigma_y = float(sigma_y)
+    if not isinstance(sigma_y, (int, float)) or not math.isfinite(sigma_y) or sigma_y < 0:
+        raise ValueError(f"sigma_y must be a finite number >= 0 (data units), got {sigma_y!r}")
+    if gaussian_sigma is not None and not math.isclose(sigma_y, gaussian_sigma, rel_tol=1e-6, abs_tol=1e-12):
+        raise ValueError(f"sigma_y={sigma_y} disagrees with noise=Gaussian({gaussian_sigma}); pass one of them")
+    if gaussian_sigma is not None:
+        noise = None  # every sampler takes Gaussian noise as sigma_y
+    return float(sigma_y), noise
+
+
+def _placement(module: nn.Module) -> tuple[torch.device, torch.dtype | None] | None:
+    """Device of a module's first parameter or buffer and dtype of its first floating parameter.
+
+    Buffers set no dtype: analytic priors and operators may keep them in float64 and cast.
+    """
+    tensors = [*module.parameters(), *module.buffers()]
+    if not tensors:
+        return None
+    floats = [p for p in module.parameters() if p.is_floating_point()]
+    return tensors[0].device, floats[0].dtype if floats else None
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    """``cuda`` and ``cuda:0`` count as the same device."""
+    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
+
+
+def _check_devices(prior: Prior, op: Operator, y: Tensor, generator: torch.Generator | None) -> None:
+    place = _placement(prior)
+    if place is not None:
+        device, dtype = place
+        if not _same_device(device, y.device) or (dtype is not None and dtype != y.dtype):
+            raise ValueError(
+                f"prior is on {device} ({dtype}) but y is on {y.device} ({y.dtype}); "
+                f"move one, e.g. prior.to({str(y.device)!r}, {y.dtype})"
+            )
+    place = _placement(op) if isinstance(op, nn.Module) else None
+    if place is not None and not _same_device(place[0], y.device):
+        raise ValueError(f"operator is on {place[0]} but y is on {y.device}; move it with op.to(y.device)")
+    if generator is not None and not _same_device(generator.device, y.device):
+        raise ValueError(f"generator is on {generator.device} but y is on {y.device}; create it on y.device")
