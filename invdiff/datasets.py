@@ -52,7 +52,7 @@ def skimage_image(name: str, channels: int) -> np.ndarray:
     return np.ascontiguousarray(img, dtype=np.float32)
 
 
-def test_image(name: str, channels: int = 1, size: int | None = None) -> Tensor:
+def load_test_image(name: str, channels: int = 1, size: int | None = None) -> Tensor:
     """A held-out test image as ``(1, C, H, W)`` in [0, 1]; ``size`` takes a centred square crop."""
     if name not in TEST_IMAGES:
         raise ValueError(f"unknown test image {name!r}; choose one of {TEST_IMAGES}")

@@ -134,6 +134,7 @@ class UNetPrior(Prior):
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         config = dict(self.config)
+        config["kind"] = "unet-edm"
         config["unet"] = self.unet_config.to_dict()
         config["weights_dtype"] = str(dtype).replace("torch.", "")
         if extra:
