@@ -264,3 +264,21 @@ def test_operator_norm():
     est = operator_norm(Squash(), x, iters=200)
     want = (2 / torch.cosh(x) ** 2).flatten(1).amax(1)
     torch.testing.assert_close(est, want, rtol=1e-4, atol=0)
+
+
+def test_spectral_measurement_on_downsampling_matches_the_dense_svd():
+    from invdiff.exact import dense_matrix
+    from invdiff.operators import Downsampling
+    from invdiff.samplers.common import spectral_measurement
+
+    op = Downsampling(2, filter="box", image_size=(4, 4))
+    x = torch.rand(1, 1, 4, 4, dtype=torch.float64)
+    y = op(x)
+    y_bar, nu, measured, m, n = spectral_measurement(op, y, 0.1)
+    assert (m, n) == (4, 16) and bool(measured.all())
+    # box averaging of 2x2 blocks: every singular value is 1/2, so nu = 0.1 / (1/2)
+    torch.testing.assert_close(nu, torch.full((1, 4), 0.2, dtype=torch.float64))
+    # y_bar = Sigma^-1 U^T y equals V^T x on the measured components
+    torch.testing.assert_close(y_bar, op.Vt(x)[:, :m])
+    s = torch.linalg.svdvals(dense_matrix(op, (1, 1, 4, 4)))
+    torch.testing.assert_close(s, torch.full((4,), 0.5, dtype=torch.float64))

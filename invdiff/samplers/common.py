@@ -276,6 +276,22 @@ def nll_grad_and_curvature(noise: object, y: Tensor, ax: Tensor) -> tuple[Tensor
 # -- linear algebra --------------------------------------------------------------------------------
 
 
+
+def spectral_measurement(op: Operator, y: Tensor, sigma_y: float) -> tuple[Tensor, Tensor, Tensor, int, int]:
+    """DDRM's spectral view of ``y`` (Kawar et al. 2022, eq. 4): ``y_bar = Sigma^+ U^T y``, ``nu_i = sigma_y / s_i``.
+
+    Returns ``(y_bar, nu, measured, m, n)``: ``y_bar`` and ``nu`` of shape ``(B, M)``
+    (``nu = inf`` where ``s_i = 0``), the boolean mask ``s_i > 0``, and the
+    dimensions ``M`` of the measurement and ``N`` of the image.
+    """
+    w = op.Ut(y)  # (B, M)
+    s = op._s(w)
+    measured = s > 0
+    s_safe = torch.where(measured, s, torch.ones_like(s))
+    y_bar = torch.where(measured, w / s_safe, torch.zeros_like(w))
+    nu = torch.where(measured, sigma_y / s_safe, torch.full_like(s, float("inf")))
+    return y_bar, nu, measured, w.shape[1], op.n_in(y)
+
 def conjugate_gradient(
     apply: Callable[[Tensor], Tensor],
     b: Tensor,

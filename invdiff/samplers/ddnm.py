@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ..operators import Operator
 from ..priors import Prior
-from .common import check_sigma_y, check_sigmas, emit, randn, require_svd
+from .common import check_sigma_y, check_sigmas, emit, randn, require_svd, spectral_measurement
 
 
 def ddnm(
@@ -71,16 +71,10 @@ def ddnm(
         raise ValueError(f"eta must lie in [0, 1], got {eta}")
 
     # y_bar = Sigma^+ U^T y and nu_i = sigma_y / s_i on the measured components.
-    w = op.Ut(y)  # (B, M)
-    s = op._s(w)
-    m, n = w.shape[1], op.n_in(y)
-    measured = s > 0
-    s_safe = torch.where(measured, s, torch.ones_like(s))
-    y_bar = torch.where(measured, w / s_safe, torch.zeros_like(w))
-    nu = torch.where(measured, sigma_y / s_safe, torch.zeros_like(s))
+    y_bar, nu, measured, m, n = spectral_measurement(op, y, sigma_y)
     noisy = measured if sigma_y > 0 else torch.zeros_like(measured)
 
-    x = s_list[0] * randn(op.x_shape(y), generator, like=w)
+    x = s_list[0] * randn(op.x_shape(y), generator, like=y_bar)
     c_eps = (1 - eta**2) ** 0.5
     for i, (sigma, sigma_next) in enumerate(zip(s_list[:-1], s_list[1:])):
         x0_hat = prior.denoise(x, sigma)

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ..operators import Operator
 from ..priors import Prior
-from .common import check_sigma_y, check_sigmas, emit, randn, require_svd
+from .common import check_sigma_y, check_sigmas, emit, randn, require_svd, spectral_measurement
 
 
 def ddrm(
@@ -72,18 +72,12 @@ def ddrm(
     if not 0 <= eta <= 1 or not 0 <= eta_b <= 1:
         raise ValueError(f"eta and eta_b must lie in [0, 1], got eta={eta}, eta_b={eta_b}")
 
-    # Spectral quantities: y_bar = Sigma^+ U^T y and the noise level sigma_y / s_i of each component.
-    w = op.Ut(y)  # (B, M)
-    s = op._s(w)
-    m, n = w.shape[1], op.n_in(y)
-    measured = s > 0
-    s_safe = torch.where(measured, s, torch.ones_like(s))
-    y_bar = torch.where(measured, w / s_safe, torch.zeros_like(w))
-    nu = torch.where(measured, sigma_y / s_safe, torch.full_like(s, float("inf")))  # sigma_y / s_i
+    # Spectral quantities: y_bar = Sigma^+ U^T y and the noise level nu_i = sigma_y / s_i of each component.
+    y_bar, nu, measured, m, n = spectral_measurement(op, y, sigma_y)
 
     # Initialise from p(x_T | y) (the reference's spectral initialisation).
     sigma_T = s_list[0]
-    z = randn((y.shape[0], n), generator, like=w)
+    z = randn((y.shape[0], n), generator, like=y_bar)
     top_up = (sigma_T**2 - nu.clamp(max=sigma_T) ** 2).sqrt()
     head = torch.where(nu < sigma_T, y_bar + top_up * z[:, :m], sigma_T * z[:, :m])
     x = op.V(torch.cat([head, sigma_T * z[:, m:]], dim=1))
