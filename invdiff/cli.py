@@ -106,6 +106,31 @@ def demo(
     )
 
 
+@app.command()
+def priors(name: Optional[str] = typer.Argument(None, help="A shipped name or a prior folder to describe.")) -> None:
+    """List the shipped priors, or describe one (architecture, training data, steps, wall time)."""
+    from .priors import SHIPPED, load_prior, shipped_priors
+
+    if name is None:
+        for prior_name, present in shipped_priors().items():
+            typer.echo(f"{prior_name:14s} {'shipped' if present else 'not trained yet'}  {SHIPPED[prior_name]}")
+        return
+    try:
+        prior = load_prior(name)
+    except (ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    config = getattr(prior, "config", {})
+    training = config.get("training", {})
+    n_params = sum(p.numel() for p in prior.parameters())
+    typer.echo(f"{name}: {type(prior).__name__}, {n_params / 1e6:.2f}M parameters, "
+               f"sigma {prior.sigma_min:g}..{prior.sigma_max:g}, data range {prior.data_range}")  # fmt: skip
+    if training:
+        typer.echo(f"  trained {training.get('steps_done')} steps ({training.get('wall_seconds', 0) / 3600:.2f} h), "
+                   f"final loss {training.get('final_loss')}, finished: {training.get('finished')}")  # fmt: skip
+        typer.echo(f"  data: {training.get('data_description', training.get('data'))}")
+        typer.echo(f"  command: {training.get('command')}")
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

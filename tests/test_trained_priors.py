@@ -214,3 +214,13 @@ def test_demo_writes_outputs_and_metrics(tmp_path):
     saved = json.loads((tmp_path / "d" / "metrics.json").read_text())
     assert saved["restored"]["psnr"] == pytest.approx(m["restored"]["psnr"])
     assert saved["nfe"] == 3 and 5 < saved["biharmonic"]["psnr"] < 60
+
+
+def test_priors_cli_lists_and_describes():
+    r = CliRunner().invoke(app, ["priors"])
+    assert r.exit_code == 0
+    assert "natural-gray" in r.output and "shipped" in r.output and "phantoms" in r.output
+    r = CliRunner().invoke(app, ["priors", "natural-gray"])
+    assert r.exit_code == 0 and "UNetPrior" in r.output and "trained" in r.output and "command:" in r.output
+    r = CliRunner().invoke(app, ["priors", "phantoms"])
+    assert r.exit_code == 2 and "has no weights" in r.output
