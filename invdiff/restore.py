@@ -233,6 +233,13 @@ def _offers(op: Operator, y: Tensor) -> set[str]:
     return out
 
 
+def check_method(method: str, op: Operator, y: Tensor) -> None:
+    """Raise a one-line ``ValueError`` if ``method`` is unknown or cannot run with ``op`` (measurement ``y``)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    _check_needs(method, METHODS[method], op, y)
+
+
 def _check_needs(method: str, m: Method, op: Operator, y: Tensor) -> None:
     offers = _offers(op, y)
     missing = sorted(m.needs - offers)

@@ -1,0 +1,115 @@
+"""``invdiff restore`` over folders: outputs, metrics, bad files, resume, one-line errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from skimage import io
+from typer.testing import CliRunner
+
+from invdiff.cli import app
+
+FAST = ["--steps", "2", "--samples", "2", "--quiet"]
+
+
+@pytest.fixture
+def folder(tmp_path):
+    d = tmp_path / "in"
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        io.imsave(d / f"img{i}.png", (rng.random((32, 32)) * 255).astype(np.uint8), check_contrast=False)
+    return d
+
+
+def run(*args):
+    return CliRunner().invoke(app, ["restore", *map(str, args)])
+
+
+def test_restores_a_folder_and_writes_outputs_and_metrics(folder, tmp_path):
+    out = tmp_path / "out"
+    r = run(folder, "--task", "inpaint", "--random-mask", "0.5", "-o", out, "--save-samples", *FAST)
+    assert r.exit_code == 0, r.output
+    assert "2 restored, 0 already done, 0 failed" in r.output
+    for name in ("img0", "img1"):
+        for f in ("restored.png", "std.png", "measurement.npy", "measurement.png", "comparison.png",
+                  "samples/sample_1.png", "metrics.json"):  # fmt: skip
+            assert (out / name / f).is_file(), f
+        row = json.loads((out / name / "metrics.json").read_text())
+        assert row["nfe"] == 2 and 0 < row["psnr"] < 60 and row["truth"] == "input"
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert [r["name"] for r in rows] == ["img0", "img1"]
+    summary = json.loads((out / "metrics.json").read_text())["summary"]
+    assert summary["images"] == 2
+    assert summary["psnr"] == pytest.approx(np.mean([float(r["psnr"]) for r in rows]))
+
+
+def test_rerun_skips_finished_files_and_overwrite_redoes_them(folder, tmp_path):
+    out = tmp_path / "out"
+    assert run(folder, "--task", "denoise", "-o", out, *FAST).exit_code == 0
+    stamp = (out / "img0" / "restored.png").stat().st_mtime_ns
+    r = run(folder, "--task", "denoise", "-o", out, *FAST)
+    assert "0 restored, 2 already done" in r.output
+    assert (out / "img0" / "restored.png").stat().st_mtime_ns == stamp
+    assert len(list(csv.DictReader(open(out / "metrics.csv")))) == 2  # no duplicates
+    r = run(folder, "--task", "denoise", "-o", out, "--overwrite", *FAST)
+    assert "2 restored, 0 already done" in r.output
+
+
+def test_a_bad_file_is_reported_and_the_rest_finish(folder, tmp_path):
+    (folder / "broken.png").write_bytes(b"not a png")
+    io.imsave(folder / "colour.png", np.zeros((32, 32, 3), np.uint8), check_contrast=False)
+    np.save(folder / "nan.npy", np.full((32, 32), np.nan, np.float32))
+    out = tmp_path / "out"
+    r = run(folder, "--task", "sr", "--scale", "2", "-o", out, *FAST)
+    assert r.exit_code == 1
+    assert "2 restored, 0 already done, 3 failed" in r.output
+    assert "failed: broken:" in r.output and "corrupt" in r.output
+    assert "failed: colour: " in r.output and "3 channel(s) but the prior models 1" in r.output
+    assert "failed: nan: " in r.output and "NaN" in r.output
+    assert (out / "img0" / "metrics.json").is_file() and not (out / "broken").exists()
+
+
+def test_ground_truth_folder_is_matched_by_name(folder, tmp_path):
+    gt = tmp_path / "gt"
+    gt.mkdir()
+    for f in folder.iterdir():
+        (gt / f.name).write_bytes(f.read_bytes())
+    out = tmp_path / "out"
+    assert run(folder, "--task", "deblur", "--kernel", "gaussian:1.0", "--ground-truth", gt, "-o", out,
+               *FAST).exit_code == 0  # fmt: skip
+    assert json.loads((out / "img1" / "metrics.json").read_text())["truth"].endswith("img1.png")
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--task", "warp"], "unknown task 'warp'"),
+        (["--task", "inpaint", "--method", "magic"], "unknown method 'magic'"),
+        (["--task", "inpaint", "--prior", "no-such-prior"], "unknown prior 'no-such-prior'"),
+        (["--task", "inpaint", "--prior", "phantoms"], "has no weights"),
+        (["--task", "inpaint", "--kernel", "gaussian:2"], "--kernel does not apply to --task inpaint"),
+        (["--task", "deblur", "--kernel", "blob:3"], "neither gaussian:SIGMA"),
+        (["--task", "inpaint", "--device", "cuda"], "torch sees no CUDA device"),
+        (["--task", "inpaint", "--ground-truth", "/no/such/dir"], "--ground-truth /no/such/dir does not exist"),
+        (["--task", "deblur", "--method", "repaint"], "method 'repaint' needs an inpainting operator"),
+        (["--task", "ct", "--method", "ddrm"], "method 'ddrm' needs an operator with an SVD"),
+    ],
+)
+def test_wrong_input_gets_one_clear_line(folder, tmp_path, args, message):
+    r = run(folder, "-o", tmp_path / "out", *args, *FAST)
+    assert r.exit_code != 0
+    assert message in r.output, r.output
+    assert "Traceback" not in r.output
+
+
+def test_missing_input_and_unwritable_output(folder, tmp_path):
+    r = run(tmp_path / "nothing.png", "--task", "denoise", *FAST)
+    assert r.exit_code == 2 and "nothing.png" in r.output and "Traceback" not in r.output
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    r = run(folder, "--task", "denoise", "-o", blocker / "sub", *FAST)
+    assert r.exit_code == 2 and "cannot write to the output folder" in r.output
