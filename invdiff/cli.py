@@ -28,6 +28,18 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
+def _task_options(task: str, **given) -> dict:
+    """The task's options from the command line flags; a flag the task does not take is an error."""
+    from .tasks import TASKS
+
+    if task not in TASKS:
+        _fail(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    wrong = [k for k, v in given.items() if v is not None and k not in TASKS[task].options]
+    if wrong:
+        _fail(f"{', '.join('--' + k.replace('_', '-') for k in wrong)} does not apply to --task {task}")
+    return {k: v for k, v in given.items() if v is not None}
+
+
 @app.command()
 def train(
     output: Path = typer.Option(..., "--output", "-o", help="Folder for checkpoints and the trained prior."),
@@ -109,7 +121,7 @@ def demo(
 @app.command("restore")
 def restore_cmd(
     inputs: list[str] = typer.Argument(..., help="Image files, folders or globs."),
-    task: str = typer.Option(..., help="inpaint, deblur, sr, denoise, colorize, mri, ct."),
+    task: Optional[str] = typer.Option(None, help="inpaint, deblur, sr, denoise, colorize, mri, ct (not with --measured)."),
     output: Path = typer.Option(Path("invdiff-out"), "--output", "-o", help="Output folder."),
     random_mask: Optional[float] = typer.Option(None, help="inpaint: fraction of pixels missing (default 0.7)."),
     box: Optional[int] = typer.Option(None, help="inpaint: side of a centred missing square."),
@@ -130,29 +142,30 @@ def restore_cmd(
     ground_truth: Optional[Path] = typer.Option(None, help="Clean image file or folder (matched by name)."),
     save_samples: bool = typer.Option(False, help="Also write every posterior sample."),
     overwrite: bool = typer.Option(False, help="Redo files whose outputs already exist."),
+    measured: bool = typer.Option(False, help="Inputs are measurements from 'invdiff degrade' (.npy + .json)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the summary line."),
 ) -> None:
-    """Simulate a measurement of each input with the task's operator and restore it."""
+    """Restore each input: simulate its measurement with the task's operator, or read it (--measured)."""
     import torch
 
     from .batch import restore_files, summarise
     from .methods import METHODS
     from .priors import load_prior
-    from .tasks import TASKS
 
-    if task not in TASKS:
-        _fail(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    if measured:
+        flags = {"--task": task, "--random-mask": random_mask, "--box": box, "--mask": mask, "--kernel": kernel,
+                 "--scale": scale, "--filter": filter, "--angles": angles, "--acceleration": acceleration}  # fmt: skip
+        given = [k for k, v in flags.items() if v is not None]
+        if given:
+            _fail(f"{', '.join(given)} cannot be used with --measured: the sidecars describe the operator")
+    elif task is None:
+        _fail("--task is required (or --measured for measurements written by 'invdiff degrade')")
+    options = {} if measured else _task_options(task, random_mask=random_mask, box=box, mask=mask, kernel=kernel, scale=scale,
+                            filter=filter, angles=angles, acceleration=acceleration)  # fmt: skip
     if method not in METHODS:
         _fail(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if device.startswith("cuda") and not torch.cuda.is_available():
         _fail(f"--device {device} asked for, but torch sees no CUDA device; use --device cpu")
-    given = {"random_mask": random_mask, "box": box, "mask": mask, "kernel": kernel, "scale": scale,
-             "filter": filter, "angles": angles, "acceleration": acceleration}  # fmt: skip
-    wrong = [k for k, v in given.items() if v is not None and k not in TASKS[task].options]
-    if wrong:
-        flags = ", ".join("--" + k.replace("_", "-") for k in wrong)
-        _fail(f"{flags} does not apply to --task {task}")
-    options = {k: v for k, v in given.items() if v is not None}
     try:
         p = load_prior(prior)
     except (ValueError, FileNotFoundError) as e:
@@ -164,10 +177,10 @@ def restore_cmd(
             typer.echo(f"{status:8s} {name} {detail}".rstrip())
 
     try:
-        report = restore_files(inputs, output, task=task, task_options=options, prior=p, method=method,
+        report = restore_files(inputs, output, task=task or "", task_options=options, prior=p, method=method,
                                steps=steps, sigma_y=sigma_y, samples=samples, seed=seed,
                                ground_truth=ground_truth, overwrite=overwrite, save_samples=save_samples,
-                               device=device, on_file=on_file)  # fmt: skip
+                               device=device, on_file=on_file, measured=measured)  # fmt: skip
     except (ValueError, FileNotFoundError) as e:
         _fail(str(e))
     for name, why in report.failed.items():
@@ -176,6 +189,46 @@ def restore_cmd(
     quality = f", mean PSNR {s['psnr']:.2f} dB, SSIM {s['ssim']:.3f}" if "psnr" in s else ""
     typer.echo(f"{len(report.done)} restored, {len(report.skipped)} already done, {len(report.failed)} failed"
                f"{quality}; {report.seconds:.1f} s; outputs in {output}")  # fmt: skip
+    if report.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def degrade(
+    inputs: list[str] = typer.Argument(..., help="Clean image files, folders or globs."),
+    task: str = typer.Option(..., help="inpaint, deblur, sr, denoise, colorize, mri, ct."),
+    output: Path = typer.Option(Path("invdiff-measurements"), "--output", "-o", help="Output folder."),
+    random_mask: Optional[float] = typer.Option(None, help="inpaint: fraction of pixels missing (default 0.7)."),
+    box: Optional[int] = typer.Option(None, help="inpaint: side of a centred missing square."),
+    mask: Optional[str] = typer.Option(None, help="inpaint: mask image (nonzero = known)."),
+    kernel: Optional[str] = typer.Option(None, help="deblur: gaussian:SIGMA | motion:SIZE,INTENSITY | FILE."),
+    scale: Optional[int] = typer.Option(None, help="sr: factor (default 4)."),
+    filter: Optional[str] = typer.Option(None, help="sr: bicubic or box."),
+    angles: Optional[int] = typer.Option(None, help="ct: number of views."),
+    acceleration: Optional[float] = typer.Option(None, help="mri: undersampling factor."),
+    sigma_y: float = typer.Option(0.01, help="Measurement noise std (data units)."),
+    prior: str = typer.Option("natural-gray", help="The prior you will restore with (sets padding and checks)."),
+    seed: int = typer.Option(0, help="Seed (per-file seeds derive from it and the file name)."),
+    overwrite: bool = typer.Option(False, help="Redo files whose measurements already exist."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the summary line."),
+) -> None:
+    """Make measurements from clean images: NAME.npy plus a NAME.json sidecar describing the operator."""
+    from .batch import degrade_files
+    from .priors import load_prior
+
+    options = _task_options(task, random_mask=random_mask, box=box, mask=mask, kernel=kernel, scale=scale,
+                            filter=filter, angles=angles, acceleration=acceleration)  # fmt: skip
+    try:
+        p = load_prior(prior)
+        report = degrade_files(inputs, output, task=task, task_options=options, prior=p, sigma_y=sigma_y,
+                               seed=seed, overwrite=overwrite,
+                               on_file=None if quiet else lambda n, st, _: typer.echo(f"{st:8s} {n}"))  # fmt: skip
+    except (ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    for name, why in report.failed.items():
+        typer.echo(f"failed: {name}: {why}", err=True)
+    typer.echo(f"{len(report.done)} measured, {len(report.skipped)} already done, {len(report.failed)} failed; "
+               f"outputs in {output}")  # fmt: skip
     if report.failed:
         raise typer.Exit(1)
 
