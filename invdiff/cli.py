@@ -171,16 +171,38 @@ def restore_cmd(
     except (ValueError, FileNotFoundError) as e:
         _fail(str(e))
 
-    def on_file(name: str, status: str, row: dict | None) -> None:
-        if not quiet:
-            detail = f"PSNR {row['psnr']:.2f} dB, SSIM {row['ssim']:.3f}, {row['seconds']:.1f} s" if row else ""
-            typer.echo(f"{status:8s} {name} {detail}".rstrip())
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .io import find_inputs
 
     try:
-        report = restore_files(inputs, output, task=task or "", task_options=options, prior=p, method=method,
-                               steps=steps, sigma_y=sigma_y, samples=samples, seed=seed,
-                               ground_truth=ground_truth, overwrite=overwrite, save_samples=save_samples,
-                               device=device, on_file=on_file, measured=measured)  # fmt: skip
+        n_files = len(find_inputs(inputs))
+    except (ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    n_steps = steps or METHODS[method].steps
+    bars = Progress(TextColumn("{task.description:>8}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=Console(stderr=True), disable=quiet, transient=True)  # fmt: skip
+    images = bars.add_task("images", total=n_files)
+    sampling = bars.add_task("steps", total=n_steps)
+
+    def on_file(name: str, status: str, row: dict | None) -> None:
+        bars.advance(images)
+        bars.reset(sampling, total=n_steps)
+        if not quiet:
+            detail = f"PSNR {row['psnr']:.2f} dB, SSIM {row['ssim']:.3f}, " if row and "psnr" in row else ""
+            took = f"{row['seconds']:.1f} s" if row else ""
+            bars.console.print(f"{status:8s} {name} {detail}{took}".rstrip())
+
+    def on_step(info: dict) -> None:
+        bars.update(sampling, completed=min(int(info["i"]) + 1, n_steps))
+
+    try:
+        with bars:
+            report = restore_files(inputs, output, task=task or "", task_options=options, prior=p, method=method,
+                                   steps=steps, sigma_y=sigma_y, samples=samples, seed=seed,
+                                   ground_truth=ground_truth, overwrite=overwrite, save_samples=save_samples,
+                                   device=device, on_file=on_file, measured=measured, callback=on_step)  # fmt: skip
     except (ValueError, FileNotFoundError) as e:
         _fail(str(e))
     for name, why in report.failed.items():
