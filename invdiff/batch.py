@@ -225,14 +225,15 @@ def restore_files(inputs: list[str], output: str | Path, *, task: str, task_opti
     files = find_inputs(inputs)
     names = _names(files)
     out = _writable(Path(output))
+    rank, world, device = _distributed(torch.device(device))
     gt = Path(ground_truth) if ground_truth is not None else None
     if gt is not None and not gt.exists():
         raise ValueError(f"--ground-truth {gt} does not exist")
-    device = torch.device(device)
     prior = prior.to(device)
     _probe(files, task, task_options, method, prior, measured)
     report = BatchReport()
-    for path, name in zip(files, names):
+    # Under torchrun each rank takes every world-th file; rank 0 merges the run's metrics.
+    for path, name in list(zip(files, names))[rank::world]:
         folder = out / name
         done_marker = folder / "metrics.json"
         if done_marker.is_file() and not overwrite:
@@ -255,9 +256,45 @@ def restore_files(inputs: list[str], output: str | Path, *, task: str, task_opti
         report.rows.append(row)
         if on_file:
             on_file(name, "done", row)
+    if world > 1:
+        report = _gather(report)
     report.seconds = time.time() - t0
-    _write_run_metrics(out, report.rows)
+    if rank == 0:
+        order = {n: i for i, n in enumerate(names)}
+        _write_run_metrics(out, sorted(report.rows, key=lambda r: order.get(r["name"], len(order))))
     return report
+
+
+def _distributed(device: torch.device) -> tuple[int, int, torch.device]:
+    """``(rank, world_size, device)`` under ``torchrun`` (process group: nccl on GPU, gloo on CPU), else ``(0, 1, device)``.
+
+    With ``--device cuda`` each rank uses ``cuda:LOCAL_RANK``.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, device
+    import torch.distributed as dist
+
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def _gather(report: BatchReport) -> BatchReport:
+    """Merge every rank's report (all ranks get the merged one)."""
+    import torch.distributed as dist
+
+    parts: list[BatchReport | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, report)
+    merged = BatchReport()
+    for part in parts:
+        merged.done += part.done
+        merged.skipped += part.skipped
+        merged.failed.update(part.failed)
+        merged.rows += part.rows
+    return merged
 
 
 def _probe(files: list[Path], task: str, task_options: dict[str, Any], method: str, prior,

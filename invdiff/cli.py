@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -205,6 +206,8 @@ def restore_cmd(
                                    device=device, on_file=on_file, measured=measured, callback=on_step)  # fmt: skip
     except (ValueError, FileNotFoundError) as e:
         _fail(str(e))
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun rank 0 speaks for the run
+        raise typer.Exit(1 if report.failed else 0)
     for name, why in report.failed.items():
         typer.echo(f"failed: {name}: {why}", err=True)
     s = summarise(report.rows)
