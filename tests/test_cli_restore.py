@@ -175,3 +175,20 @@ def test_torchrun_shards_inputs_across_two_cpu_processes(folder, tmp_path):
     assert [r["name"] for r in rows] == ["img0", "img1", "img2"]  # merged by rank 0, in input order
     # each image was restored exactly once (one rank each)
     assert all((out / n / "metrics.json").is_file() for n in ("img0", "img1", "img2"))
+
+
+def test_more_wrong_inputs_get_one_line(folder, tmp_path):
+    small = np.full((8, 8), 255, np.uint8)
+    io.imsave(tmp_path / "small_mask.png", small, check_contrast=False)
+    np.save(tmp_path / "bad_kernel.npy", np.array([[-1.0, 1.0]]))
+    cases = [
+        (["restore", folder, "--task", "inpaint", "--mask", tmp_path / "small_mask.png"], "mask "),
+        (["restore", folder, "--task", "deblur", "--kernel", tmp_path / "bad_kernel.npy"], "non-negative"),
+        (["degrade", folder, "--task", "nope"], "unknown task 'nope'"),
+        (["degrade", folder, "--task", "sr", "--box", "3"], "--box does not apply to --task sr"),
+        (["degrade", folder, "--task", "sr", "--prior", "nowhere"], "unknown prior 'nowhere'"),
+        (["degrade", tmp_path / "missing_dir", "--task", "sr"], "missing_dir"),
+    ]
+    for args, message in cases:
+        r = CliRunner().invoke(app, [*map(str, args), "-o", str(tmp_path / "o"), "--quiet"])
+        assert r.exit_code != 0 and message in r.output and "Traceback" not in r.output, (args, r.output)
