@@ -7,9 +7,20 @@ import os
 import shlex
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
+
+# Task options, shared by restore and degrade (see invdiff.tasks).
+RandomMask = Annotated[Optional[float], typer.Option(help="inpaint: fraction of pixels missing (default 0.7).")]
+Box = Annotated[Optional[int], typer.Option(help="inpaint: side of a centred missing square.")]
+MaskFile = Annotated[Optional[str], typer.Option(help="inpaint: mask image (nonzero = known).")]
+Kernel = Annotated[Optional[str], typer.Option(help="deblur: gaussian:SIGMA | motion:SIZE,INTENSITY | FILE.")]
+Scale = Annotated[Optional[int], typer.Option(help="sr: factor (default 4).")]
+Filter = Annotated[Optional[str], typer.Option(help="sr: bicubic or box.")]
+Angles = Annotated[Optional[int], typer.Option(help="ct: number of views.")]
+Acceleration = Annotated[Optional[float], typer.Option(help="mri: undersampling factor.")]
+
 
 app = typer.Typer(
     add_completion=False,
@@ -124,14 +135,14 @@ def restore_cmd(
     inputs: list[str] = typer.Argument(..., help="Image files, folders or globs."),
     task: Optional[str] = typer.Option(None, help="inpaint, deblur, sr, denoise, colorize, mri, ct (not with --measured)."),
     output: Path = typer.Option(Path("invdiff-out"), "--output", "-o", help="Output folder."),
-    random_mask: Optional[float] = typer.Option(None, help="inpaint: fraction of pixels missing (default 0.7)."),
-    box: Optional[int] = typer.Option(None, help="inpaint: side of a centred missing square."),
-    mask: Optional[str] = typer.Option(None, help="inpaint: mask image (nonzero = known)."),
-    kernel: Optional[str] = typer.Option(None, help="deblur: gaussian:SIGMA | motion:SIZE,INTENSITY | FILE."),
-    scale: Optional[int] = typer.Option(None, help="sr: factor (default 4)."),
-    filter: Optional[str] = typer.Option(None, help="sr: bicubic or box."),
-    angles: Optional[int] = typer.Option(None, help="ct: number of views."),
-    acceleration: Optional[float] = typer.Option(None, help="mri: undersampling factor."),
+    random_mask: RandomMask = None,
+    box: Box = None,
+    mask: MaskFile = None,
+    kernel: Kernel = None,
+    scale: Scale = None,
+    filter: Filter = None,
+    angles: Angles = None,
+    acceleration: Acceleration = None,
     sigma_y: float = typer.Option(0.01, help="Measurement noise std (data units) used to simulate and restore."),
     prior: str = typer.Option("natural-gray", help="Shipped prior name or a path."),
     method: str = typer.Option("ddrm", help="Sampler: " + ", ".join(["ddrm", "dps", "pigdm", "ddnm", "diffpir",
@@ -223,14 +234,14 @@ def degrade(
     inputs: list[str] = typer.Argument(..., help="Clean image files, folders or globs."),
     task: str = typer.Option(..., help="inpaint, deblur, sr, denoise, colorize, mri, ct."),
     output: Path = typer.Option(Path("invdiff-measurements"), "--output", "-o", help="Output folder."),
-    random_mask: Optional[float] = typer.Option(None, help="inpaint: fraction of pixels missing (default 0.7)."),
-    box: Optional[int] = typer.Option(None, help="inpaint: side of a centred missing square."),
-    mask: Optional[str] = typer.Option(None, help="inpaint: mask image (nonzero = known)."),
-    kernel: Optional[str] = typer.Option(None, help="deblur: gaussian:SIGMA | motion:SIZE,INTENSITY | FILE."),
-    scale: Optional[int] = typer.Option(None, help="sr: factor (default 4)."),
-    filter: Optional[str] = typer.Option(None, help="sr: bicubic or box."),
-    angles: Optional[int] = typer.Option(None, help="ct: number of views."),
-    acceleration: Optional[float] = typer.Option(None, help="mri: undersampling factor."),
+    random_mask: RandomMask = None,
+    box: Box = None,
+    mask: MaskFile = None,
+    kernel: Kernel = None,
+    scale: Scale = None,
+    filter: Filter = None,
+    angles: Angles = None,
+    acceleration: Acceleration = None,
     sigma_y: float = typer.Option(0.01, help="Measurement noise std (data units)."),
     prior: str = typer.Option("natural-gray", help="The prior you will restore with (sets padding and checks)."),
     seed: int = typer.Option(0, help="Seed (per-file seeds derive from it and the file name)."),
