@@ -269,6 +269,18 @@ def degrade(
         raise typer.Exit(1)
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def bench(ctx: typer.Context) -> None:
+    """Run the benchmarks (e.g. 'invdiff bench posterior --quick'); needs a source checkout."""
+    import subprocess
+
+    root = Path.cwd()
+    if not (root / "benchmarks" / "__main__.py").is_file():
+        _fail("benchmarks/ is not installed with the package; run 'invdiff bench' from the root of an invdiff checkout")
+    args = ctx.args or ["posterior", "--quick"]
+    raise typer.Exit(subprocess.call([sys.executable, "-m", "benchmarks", *args], cwd=root))
+
+
 @app.command()
 def priors(name: Optional[str] = typer.Argument(None, help="A shipped name or a prior folder to describe.")) -> None:
     """List the shipped priors, or describe one (architecture, training data, steps, wall time)."""

@@ -192,3 +192,9 @@ def test_more_wrong_inputs_get_one_line(folder, tmp_path):
     for args, message in cases:
         r = CliRunner().invoke(app, [*map(str, args), "-o", str(tmp_path / "o"), "--quiet"])
         assert r.exit_code != 0 and message in r.output and "Traceback" not in r.output, (args, r.output)
+
+
+def test_bench_outside_a_checkout_says_where_to_run_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(app, ["bench"])
+    assert r.exit_code == 2 and "from the root of an invdiff checkout" in r.output
