@@ -262,6 +262,12 @@ def restore_files(inputs: list[str], output: str | Path, *, task: str, task_opti
     if rank == 0:
         order = {n: i for i, n in enumerate(names)}
         _write_run_metrics(out, sorted(report.rows, key=lambda r: order.get(r["name"], len(order))))
+    if world > 1:
+        # Leave together and close the group: a rank exiting with its peers still connected aborts.
+        import torch.distributed as dist
+
+        dist.barrier()
+        dist.destroy_process_group()
     return report
 
 
