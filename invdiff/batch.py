@@ -366,7 +366,7 @@ def degrade_files(inputs: list[str], output: str | Path, *, task: str, task_opti
 def _writable(out: Path) -> Path:
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
+        probe = out / f".write-test-{os.getpid()}"  # per process: torchrun ranks probe at once
         probe.write_text("")
         probe.unlink()
     except OSError as e:
