@@ -8,9 +8,11 @@ whose half-life grows with the run (EDM's ramp-up, capped), writes resumable
 checkpoints, and at the end a ``model.safetensors`` + ``config.json`` prior
 and a grid of unconditional samples.
 
-Mixed precision: on CPUs with bfloat16 support the network runs under
-``torch.autocast("cpu", bfloat16)`` (about 4x faster on 64x64 patches here);
-the preconditioning, loss and optimiser stay in float32.
+Mixed precision: on CPUs with native bfloat16 the network runs under
+``torch.autocast("cpu", bfloat16)`` (about 4x faster on 64x64 patches with
+AVX512-BF16); elsewhere emulated bf16 is slower, so a short timing decides.
+The preconditioning, loss and optimiser stay in float32. Activations are
+channels-last, which oneDNN convolutions prefer (about 1.5x faster on CPU).
 """
 
 from __future__ import annotations
@@ -59,10 +61,27 @@ class TrainConfig:
 
 
 def _bf16_supported() -> bool:
+    """True when bfloat16 autocast both runs and is faster than float32 here.
+
+    CPUs with native bf16 (AVX512-BF16, AMX) run the U-Net several times
+    faster under autocast; others emulate it and run slower, so a short
+    timing of one convolution decides.
+    """
     try:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            torch.nn.functional.conv2d(torch.ones(1, 1, 4, 4), torch.ones(1, 1, 3, 3))
-        return True
+        conv = torch.nn.Conv2d(32, 32, 3, padding=1)
+        x = torch.randn(8, 32, 64, 64).contiguous(memory_format=torch.channels_last)
+        conv = conv.to(memory_format=torch.channels_last)
+
+        def best(bf16: bool) -> float:
+            times = []
+            for _ in range(3):
+                t = time.perf_counter()
+                with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    conv(x)
+                times.append(time.perf_counter() - t)
+            return min(times)
+
+        return best(True) < 0.8 * best(False)
     except Exception:  # pragma: no cover - depends on the build
         return False
 
@@ -99,6 +118,7 @@ def train(
     command: str | None = None,
     max_seconds: float | None = None,
     on_log: Callable[[dict], None] | None = None,
+    init_from: str | Path | None = None,
 ) -> UNetPrior:
     """Train (or resume) a prior into ``output``; returns the EMA prior.
 
@@ -107,22 +127,28 @@ def train(
     ``config.json`` and ``samples.png``.  ``max_seconds`` stops early (after a
     checkpoint) so long runs can be spread over several sittings; a resumed run
     continues the same schedule, RNG streams and wall-time count.
+
+    ``init_from`` (a shipped prior's name or a prior folder) starts a new run
+    from those weights instead of a random initialisation (fine-tuning, or
+    continuing a prior whose optimiser state is gone); the U-Net architecture
+    must match, and ``config.json`` then records the starting prior and adds
+    its steps and wall time to the totals.
     """
     cfg = config or TrainConfig()
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     if num_threads:
         torch.set_num_threads(num_threads)
-    if cfg.bf16 and not _bf16_supported():
-        cfg.bf16 = False
-
     ckpt_path = out / "checkpoint.pt"
     state = None
     if resume and ckpt_path.exists():
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         saved = state["train_config"]
         saved["steps"] = cfg.steps  # a run may be extended
+        saved["bf16"] = cfg.bf16  # decided per machine: a run may move to another one
         cfg = TrainConfig(**saved)
+    if cfg.bf16 and not _bf16_supported():
+        cfg.bf16 = False
 
     base_config = {
         "kind": "unet-edm",
@@ -135,7 +161,7 @@ def train(
         "data_range": [0.0, 1.0],
     }
     prior = UNetPrior(base_config)
-    model = prior.model
+    model = prior.model.to(memory_format=torch.channels_last)
     model.train()
     for p in model.parameters():
         p.requires_grad_(True)
@@ -145,6 +171,9 @@ def train(
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), eps=1e-8)
 
     step, wall, losses = 0, 0.0, []
+    init_info = state.get("init_from") if state is not None else None
+    if state is None and init_from is not None:
+        init_info = _load_init(init_from, cfg, model, ema)
     gen = torch.Generator().manual_seed(cfg.seed)
     data_seed = cfg.seed
     if state is not None:
@@ -166,7 +195,7 @@ def train(
         tmp = out / "checkpoint.pt.tmp"
         torch.save(
             {"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step,
-             "wall": wall, "gen": gen.get_state(), "train_config": asdict(cfg), "sittings": sittings},
+             "wall": wall, "gen": gen.get_state(), "train_config": asdict(cfg), "sittings": sittings, "init_from": init_info},
             tmp,
         )  # fmt: skip
         tmp.replace(ckpt_path)
@@ -178,7 +207,7 @@ def train(
     log = open(out / "log.jsonl", "a")
     try:
         while step < cfg.steps:
-            x0 = sampler(cfg.batch_size)
+            x0 = sampler(cfg.batch_size).contiguous(memory_format=torch.channels_last)
             for g in opt.param_groups:
                 g["lr"] = _lr(cfg, step)
             loss = edm_loss(model, x0, cfg, gen)
@@ -209,7 +238,8 @@ def train(
             bar.update(step, float(np.mean(losses[-50:])))
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 save_checkpoint()
-                _export(out, ema, base_config, cfg, step, wall, losses, command, partial=step < cfg.steps)
+                _export(out, ema, base_config, cfg, step, wall, losses, command, partial=step < cfg.steps,
+                        init_info=init_info)
                 if max_seconds is not None and now - t_start > max_seconds:
                     break
     finally:
@@ -217,14 +247,33 @@ def train(
         bar.close()
 
     final = UNetPrior(base_config, ema.state_dict())
-    _export(out, ema, base_config, cfg, step, wall, losses, command, partial=step < cfg.steps)
+    _export(out, ema, base_config, cfg, step, wall, losses, command, partial=step < cfg.steps, init_info=init_info)
     if step >= cfg.steps:
         save_sample_grid(final, out / "samples.png", seed=cfg.seed)
     return final
 
 
+def _load_init(init_from: str | Path, cfg: TrainConfig, model, ema) -> dict:
+    """Copy a saved prior's weights into ``model`` and ``ema``; returns what to record about it."""
+    from .priors.registry import load_prior
+
+    start = load_prior(str(init_from))
+    if not isinstance(start, UNetPrior):
+        raise ValueError(f"--init-from {init_from!r} is not an invdiff U-Net prior; give a shipped name or a trained folder")
+    if start.unet_config.to_dict() != UNetConfig.from_dict(cfg.unet).to_dict():
+        raise ValueError(
+            f"--init-from {init_from!r} has U-Net {start.unet_config.to_dict()} but this run asks for "
+            f"{UNetConfig.from_dict(cfg.unet).to_dict()}; use the same --channels/--channel-mult/--num-res-blocks"
+        )
+    model.load_state_dict(start.model.state_dict())
+    ema.load_state_dict(start.model.state_dict())
+    done = start.config.get("training", {})
+    return {"source": str(init_from), "steps_done": int(done.get("steps_done", 0)),
+            "wall_seconds": float(done.get("wall_seconds", 0.0)), "command": done.get("command")}  # fmt: skip
+
+
 def _export(out: Path, ema, base_config: dict, cfg: TrainConfig, step: int, wall: float, losses: list[float],
-            command: str | None, partial: bool) -> None:  # fmt: skip
+            command: str | None, partial: bool, init_info: dict | None = None) -> None:  # fmt: skip
     """Write the EMA weights as a loadable prior with its provenance."""
     prior = UNetPrior(base_config, ema.state_dict())
     data_desc = {
@@ -243,6 +292,12 @@ def _export(out: Path, ema, base_config: dict, cfg: TrainConfig, step: int, wall
                 "steps_done": step,
                 "finished": not partial,
                 "wall_seconds": round(wall, 1),
+                **(
+                    {"initialised_from": init_info,
+                     "total_steps": step + init_info["steps_done"],
+                     "total_wall_seconds": round(wall + init_info["wall_seconds"], 1)}
+                    if init_info else {}
+                ),  # fmt: skip
                 "final_loss": float(np.mean(losses[-200:])) if losses else None,
                 "parameters": count_parameters(prior.model),
                 "machine": f"{platform.machine()} {platform.processor() or ''} torch {torch.__version__}, "

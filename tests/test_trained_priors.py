@@ -164,6 +164,28 @@ def test_train_writes_a_loadable_prior_and_resumes(tmp_path):
     torch.testing.assert_close(load_prior(out).denoise(x, 0.3), prior.denoise(x, 0.3), atol=5e-3, rtol=0)
 
 
+def test_train_init_from_starts_at_the_given_weights_and_records_them(tmp_path):
+    folder = _image_folder(tmp_path)
+    cfg = TrainConfig(data=str(folder), steps=2, batch_size=2, patch_size=16, checkpoint_every=2,
+                      unet=TINY.to_dict(), warmup_steps=1)  # fmt: skip
+    train(tmp_path / "a", cfg, progress=False, command="first")
+    start = load_prior(tmp_path / "a")
+    # Zero steps: the exported prior is exactly the starting one (EMA and model both copied).
+    cfg0 = TrainConfig(**{**cfg.__dict__, "steps": 0})
+    same = train(tmp_path / "b", cfg0, progress=False, init_from=tmp_path / "a")
+    x = torch.rand(2, 1, 16, 16)
+    torch.testing.assert_close(same.denoise(x, 0.2), start.denoise(x, 0.2))
+    cfg.steps = 2
+    train(tmp_path / "c", cfg, progress=False, init_from=tmp_path / "a")
+    info = json.loads((tmp_path / "c" / "config.json").read_text())["training"]
+    assert info["initialised_from"]["source"] == str(tmp_path / "a")
+    assert info["initialised_from"]["command"] == "first"
+    assert info["total_steps"] == 4 and info["total_wall_seconds"] >= info["wall_seconds"]
+    other = TrainConfig(**{**cfg.__dict__, "unet": {**TINY.to_dict(), "channels": 16}})
+    with pytest.raises(ValueError, match="has U-Net"):
+        train(tmp_path / "d", other, progress=False, init_from=tmp_path / "a")
+
+
 def test_train_cli_reports_bad_data(tmp_path):
     r = CliRunner().invoke(app, ["train", "--output", str(tmp_path / "o"), "--data", "no-such-thing"])
     assert r.exit_code == 2 and "neither a built-in data set" in r.output
