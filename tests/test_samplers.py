@@ -33,7 +33,7 @@ from invdiff.samplers.common import ancestral_sigmas, per_sample_norm, randn
 from invdiff.samplers.ddnm import ddnm
 from invdiff.samplers.ddrm import ddrm
 from invdiff.samplers.diffpir import SIGMA_Y_FLOOR, diffpir
-from invdiff.samplers.dps import dps
+from invdiff.samplers.dps import DPS_ZETA, dps
 from invdiff.samplers.pigdm import pigdm
 from invdiff.samplers.score_ald import score_ald
 from invdiff.samplers.repaint import repaint
@@ -461,6 +461,35 @@ def test_hard_consistency_noiseless(sampler, op_name):
         assert ((x - x_true).abs() * (1 - op.mask)).max() > 1e-3
 
 
+def test_ddnm_time_travel_walks_the_jump_schedule():
+    # travel_length L = 1, travel_repeat R = 2 on 3 levels: jumps back from levels 2 and 1 (RePaint's rule),
+    # so 3 + L (R - 1) * 2 = 5 denoiser calls; each jump re-noises the last x0_hat to the higher level.
+    op = Inpainting(random_mask(batch=2))
+    prior, _, y = problem(op, batch=2, sigma_y=0.0)
+    seen, calls = [], []
+    orig = prior.denoise
+
+    def counting(x, sigma):
+        calls.append(float(sigma))
+        return orig(x, sigma)
+
+    prior.denoise = counting
+    x = ddnm(prior, op, y, torch.tensor(LEVELS, dtype=F64), sigma_y=0.0, travel_length=1, travel_repeat=2,
+             generator=gen(2), callback=seen.append)  # fmt: skip
+    assert calls == [0.9, 0.9, 0.35, 0.35, 0.1]  # path 0 1 0 1 2 1 2 3: levels 0 and 1 are visited twice
+    torch.testing.assert_close(op(x), y, rtol=0, atol=1e-12)  # hard consistency survives the jumps
+    # After the first jump (from level 1 back to level 0) the second call's input is x0_hat_1 + 0.9 z:
+    # its distance to the first call's x0_hat is of size 0.9 per pixel.
+    spread = (seen[1]["x"] - seen[0]["x0_hat"]).std().item()
+    assert 0.6 < spread < 1.2
+    prior.denoise = orig
+    plain = ddnm(prior, op, y, torch.tensor(LEVELS, dtype=F64), sigma_y=0.0, generator=gen(2))
+    same = ddnm(prior, op, y, torch.tensor(LEVELS, dtype=F64), sigma_y=0.0, travel_length=1, travel_repeat=1,
+                generator=gen(2))  # fmt: skip
+    torch.testing.assert_close(plain, same, rtol=0, atol=0)
+    assert (plain - x).abs().max() > 1e-3
+
+
 @pytest.mark.parametrize("sampler", [ddrm, ddnm], ids=["ddrm", "ddnm"])
 def test_hard_consistency_identity_small_noise(sampler):
     # A = I, sigma_y -> 0: the output tends to y (here within a few sigma_y per pixel).
@@ -616,10 +645,14 @@ def test_nonlinear_operators(sampler):
     x_true = prior.sample(1, gen(4), dtype=F64)
     y = (op(x_true) + 0.01 * torch.randn(x_true.shape, generator=gen(5), dtype=F64)).repeat(4, 1, 1, 1)
     sigmas = geometric_sigmas(100, 0.005, prior.sigma_max) if sampler is score_ald else prior.sigmas(100)
-    x = sampler(prior, op, y, sigmas, sigma_y=0.01, generator=gen())
+    # DPS at the reference's nonlinear step (nonlinear_blur: 0.3); at zeta = 1 its steps overshoot on this
+    # 8x8 problem and the residual depends on rounding (0.04-0.19 per sample over seeds, measured).
+    knobs = {"zeta": DPS_ZETA["nonlinear_blur"]} if sampler is dps else {}
+    x = sampler(prior, op, y, sigmas, sigma_y=0.01, generator=gen(), **knobs)
     weak = {"zeta": 0.0} if sampler is dps else {"sigma_y": 10.0}  # (almost) no likelihood
     base = sampler(prior, op, y, sigmas, generator=gen(), **weak)
-    # Measured: ||A(x) - y|| rms 0.050 (DPS) and 0.019 (Score-ALD), against 0.34 and 0.25 without it.
+    # Measured: ||A(x) - y|| rms 0.03-0.05 over seeds 0-3 (DPS) and 0.019 (Score-ALD), against 0.33 and 0.25
+    # without the likelihood.
     assert (op(x) - y).pow(2).mean().sqrt() < 0.25 * (op(base) - y).pow(2).mean().sqrt()
     # Phase retrieval (|FFT| of the padded image): runs and stays finite.
     pr = PhaseRetrieval(2.0)

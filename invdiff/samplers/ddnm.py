@@ -10,6 +10,7 @@ from torch import Tensor
 from ..operators import Operator
 from ..priors import Prior
 from .common import check_sigma_y, check_sigmas, emit, randn, require_svd, spectral_measurement
+from .repaint import jump_schedule
 
 
 def ddnm(
@@ -20,6 +21,8 @@ def ddnm(
     *,
     sigma_y: float = 0.0,
     eta: float = 0.85,
+    travel_length: int = 1,
+    travel_repeat: int = 1,
     generator: torch.Generator | None = None,
     callback: Callable[[dict], None] | None = None,
 ) -> Tensor:
@@ -48,8 +51,14 @@ def ddnm(
     with ``sigma_y`` in the same units; both are twice their data-space values, so
     the rules hold unchanged with ``sigma'`` and ``sigma_y`` in data units.  ``eta``
     has DDRM's meaning (fraction of ``sigma'`` that is fresh noise: the reference's
-    ``c1 = sqrt(1 - abar_{t-1}) eta``), not DDIM's.  Time-travel (the reference's
-    optional resampling schedule) is not implemented.
+    ``c1 = sqrt(1 - abar_{t-1}) eta``), not DDIM's.
+
+    Time-travel (Sec. 3.4): the walk over noise levels follows RePaint's jump
+    schedule (``jump_schedule(steps, travel_length, travel_repeat)``); going back up
+    to level ``k`` re-noises the last denoiser output, ``x = x0_hat + sigma_k z``
+    (the reference's ``sqrt(abar) x0_t + sqrt(1 - abar) z``, with the uncorrected
+    ``x0_t``).  ``travel_length = travel_repeat = 1`` (the reference configs'
+    default) is the plain walk.
 
     Args:
         prior: denoiser ``D(x, sigma)`` in data space.
@@ -58,11 +67,13 @@ def ddnm(
         sigmas: descending levels, ``steps + 1`` values ending in 0 (reference: 100 steps).
         sigma_y: std of the Gaussian noise in ``y`` (data units).
         eta: share of fresh noise, 0.85 as in the reference configs.
+        travel_length, travel_repeat: time-travel jump size and number of visits (1, 1: none).
         generator: the only source of randomness.
         callback: called after each step with ``{"i", "sigma", "sigma_next", "x", "x0_hat"}``.
 
     Returns:
-        x ``(B, C, H, W)``.  Denoiser calls: ``len(sigmas) - 1``.
+        x ``(B, C, H, W)``.  Denoiser calls: ``len(sigmas) - 1`` without time-travel, else the
+        number of falls in the jump schedule.
     """
     require_svd(op, "ddnm")
     s_list = check_sigmas(sigmas)
@@ -76,7 +87,14 @@ def ddnm(
 
     x = s_list[0] * randn(op.x_shape(y), generator, like=y_bar)
     c_eps = (1 - eta**2) ** 0.5
-    for i, (sigma, sigma_next) in enumerate(zip(s_list[:-1], s_list[1:])):
+    path = jump_schedule(len(s_list) - 1, travel_length, travel_repeat)
+    x0_hat, n_calls = None, 0
+    for k, k_next in zip(path[:-1], path[1:]):
+        if k_next < k:  # time-travel back up one level: re-noise the last x0_hat
+            x = x0_hat + s_list[k_next] * randn(x.shape, generator, like=x)
+            continue
+        i, sigma, sigma_next = n_calls, s_list[k], s_list[k_next]
+        n_calls += 1
         x0_hat = prior.denoise(x, sigma)
         x0_bar = op.Vt(x0_hat)
         eps_bar = op.Vt((x - x0_hat) / sigma)
