@@ -14,16 +14,19 @@ from .samplers.ddnm import ddnm
 from .samplers.ddrm import ddrm
 from .samplers.diffpir import diffpir
 from .samplers.dps import dps
+from .samplers.latent_dps import latent_dps
 from .samplers.pigdm import pigdm
+from .samplers.psld import psld
 from .samplers.repaint import repaint
 from .samplers.score_ald import score_ald
 
 #: Keyword arguments every sampler takes that are not method knobs.
 RESERVED = ("sigma_y", "noise", "generator", "callback")
 
-#: What an operator must offer for a method: ``"svd"`` (``has_svd``), ``"linear"`` (``adjoint``),
-#: ``"mask"`` (an inpainting ``.mask``).
-REQUIREMENTS = ("svd", "linear", "mask")
+#: What a method needs: of the operator ``"svd"`` (``has_svd``), ``"linear"`` (``adjoint``),
+#: ``"mask"`` (an inpainting ``.mask``); of the prior ``"latent"`` (a ``LatentPrior``; methods
+#: without it need a pixel prior).
+REQUIREMENTS = ("svd", "linear", "mask", "latent")
 
 
 @dataclass(frozen=True)
@@ -78,5 +81,13 @@ METHODS: dict[str, Method] = {
     "daps": Method(
         daps, 200, frozenset(), True,
         "DAPS (Zhang et al. 2025): decoupled annealing with PF-ODE estimates and Langevin on x0",
+    ),
+    "latent_dps": Method(
+        latent_dps, 1000, frozenset({"latent"}), True,
+        "Latent DPS (Chung et al. 2023; Rout et al. 2023): DPS on latents, gradient through the decoder",
+    ),
+    "psld": Method(
+        psld, 1000, frozenset({"latent", "linear"}), False,
+        "PSLD (Rout et al. 2023): latent DPS plus the gluing term ||z0_hat - E(A^+ y + (I - A^+ A) D(z0_hat))||",
     ),
 }

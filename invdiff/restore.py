@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from .methods import METHODS, Method
 from .priors.base import Prior
+from .priors.latent import LatentPrior
 from .samplers.repaint import inpainting_mask
 
 if TYPE_CHECKING:
@@ -23,6 +24,7 @@ _NEED_WORDS = {
     "svd": "an operator with an SVD (has_svd)",
     "linear": "a linear operator (with an adjoint)",
     "mask": "an inpainting operator (x -> mask * x with a binary .mask)",
+    "latent": "a latent prior",
 }
 
 
@@ -98,6 +100,19 @@ class _CountingPrior(Prior):
         return self.prior.data_range
 
 
+class _CountingLatentPrior(_CountingPrior):
+    """:class:`_CountingPrior` for a latent prior: counts latent ``denoise`` calls, delegates the autoencoder."""
+
+    def encode(self, x: Tensor) -> Tensor:
+        return self.prior.encode(x)
+
+    def decode(self, z: Tensor) -> Tensor:
+        return self.prior.decode(z)
+
+    def latent_shape(self, x_shape: tuple[int, ...]) -> tuple[int, int, int, int]:
+        return self.prior.latent_shape(x_shape)
+
+
 def restore(
     y: Tensor,
     op: Operator,
@@ -137,7 +152,10 @@ def restore(
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; known methods: {', '.join(METHODS)}")
     m = METHODS[method]
+    _check_prior_kind(method, m, prior)
     x_shape = _check_op(op, y)
+    if isinstance(prior, LatentPrior):
+        prior.latent_shape(x_shape)  # the image must fit the autoencoder and latent U-Net
     _check_needs(method, m, op, y)
     valid = m.knobs
     unknown = [k for k in knobs if k not in valid]
@@ -159,7 +177,7 @@ def restore(
     if generator is None:
         generator = torch.Generator(device=y.device).manual_seed(seed)
     sigmas = prior.sigmas(steps).to(device=y.device, dtype=y.dtype)
-    counter = _CountingPrior(prior)
+    counter = _CountingLatentPrior(prior) if isinstance(prior, LatentPrior) else _CountingPrior(prior)
     extra = {"noise": noise} if m.noise_models else {}
 
     start = time.perf_counter()
@@ -240,11 +258,26 @@ def check_method(method: str, op: Operator, y: Tensor) -> None:
     _check_needs(method, METHODS[method], op, y)
 
 
+def _check_prior_kind(method: str, m: Method, prior: Prior) -> None:
+    """A latent method needs a :class:`LatentPrior` and a pixel method a pixel prior; raises ``ValueError``."""
+    latent = isinstance(prior, LatentPrior)
+    if ("latent" in m.needs) == latent:
+        return
+    same = [name for name, other in METHODS.items() if ("latent" in other.needs) == latent]
+    if latent:
+        raise ValueError(f"method {method!r} works on images but the prior is a latent prior (its denoiser works on "
+                         f"latents); with a latent prior use {', '.join(same)}")  # fmt: skip
+    raise ValueError(f"method {method!r} needs a latent prior (autoencoder + latent denoiser, e.g. "
+                     f"load_prior('latent-gray')), but {type(prior).__name__} is a pixel prior; use {', '.join(same)}")  # fmt: skip
+
+
 def _check_needs(method: str, m: Method, op: Operator, y: Tensor) -> None:
     offers = _offers(op, y)
-    missing = sorted(m.needs - offers)
+    missing = sorted(m.needs - offers - {"latent"})
     if missing:
-        working = [name for name, other in METHODS.items() if other.needs <= offers]
+        kind = "latent" in m.needs  # suggest methods for the same kind of prior
+        working = [name for name, other in METHODS.items()
+                   if other.needs - {"latent"} <= offers and ("latent" in other.needs) == kind]  # fmt: skip
         raise ValueError(
             f"method {method!r} needs {_NEED_WORDS[missing[0]]}, which {type(op).__name__} is not; "
             f"methods that work with this operator: {', '.join(working)}"

@@ -363,13 +363,33 @@ def load_diffusers(
     models (``out_channels == 2 in_channels``) use the first half.
     """
     try:
-        from diffusers import DDPMScheduler, UNet2DModel
+        from diffusers import UNet2DModel
     except ImportError:
         raise ValueError("loading diffusers checkpoints needs diffusers: pip install 'invdiff[diffusers]'") from None
     path = Path(path)
     unet_dir = path / "unet" if (path / "unet" / "config.json").is_file() else path
     if not (unet_dir / "config.json").is_file():
         raise ValueError(f"{path} is not a diffusers model folder (no config.json or unet/config.json)")
+    sched = diffusers_scheduler(path, unet_dir, scheduler)
+    config = json.loads((unet_dir / "config.json").read_text())
+    if config.get("_class_name", "UNet2DModel") != "UNet2DModel":
+        raise ValueError(f"{unet_dir} holds a {config['_class_name']}, but only UNet2DModel is supported")
+    unet = UNet2DModel.from_pretrained(str(unet_dir), local_files_only=True)
+    unet.eval().requires_grad_(False)
+    c_in, c_out = int(unet.config.in_channels), int(unet.config.out_channels)
+    if c_out not in (c_in, 2 * c_in):
+        raise ValueError(f"UNet2DModel has {c_in} input and {c_out} output channels; expected {c_in} or {2 * c_in}")
+    size = unet.config.sample_size
+    return DiscreteDDPMPrior(
+        _DiffusersNet(unet), sched.alphas_cumprod, prediction=sched.config.prediction_type,
+        learned_sigma=c_out == 2 * c_in, channels=c_in, clip=clip, image_size=size if isinstance(size, int) else None,
+    )
+
+
+def diffusers_scheduler(path: Path, unet_dir: Path, scheduler: dict[str, Any] | None = None):
+    """The diffusers ``DDPMScheduler`` of a model folder (``scheduler/``, the folder or ``unet_dir``), or of ``scheduler``."""
+    from diffusers import DDPMScheduler
+
     if scheduler is None:
         cands = [path / "scheduler" / "scheduler_config.json", path / "scheduler_config.json",
                  unet_dir / "scheduler_config.json"]
@@ -383,20 +403,7 @@ def load_diffusers(
         raise ValueError(
             f"unsupported diffusers scheduler {scheduler['_class_name']!r}; need a discrete DDPM/DDIM beta schedule"
         )
-    config = json.loads((unet_dir / "config.json").read_text())
-    if config.get("_class_name", "UNet2DModel") != "UNet2DModel":
-        raise ValueError(f"{unet_dir} holds a {config['_class_name']}, but only UNet2DModel is supported")
-    sched = DDPMScheduler.from_config({k: v for k, v in scheduler.items() if not k.startswith("_")})
-    unet = UNet2DModel.from_pretrained(str(unet_dir), local_files_only=True)
-    unet.eval().requires_grad_(False)
-    c_in, c_out = int(unet.config.in_channels), int(unet.config.out_channels)
-    if c_out not in (c_in, 2 * c_in):
-        raise ValueError(f"UNet2DModel has {c_in} input and {c_out} output channels; expected {c_in} or {2 * c_in}")
-    size = unet.config.sample_size
-    return DiscreteDDPMPrior(
-        _DiffusersNet(unet), sched.alphas_cumprod, prediction=sched.config.prediction_type,
-        learned_sigma=c_out == 2 * c_in, channels=c_in, clip=clip, image_size=size if isinstance(size, int) else None,
-    )
+    return DDPMScheduler.from_config({k: v for k, v in scheduler.items() if not k.startswith("_")})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -449,7 +456,7 @@ def load_monai(
 # dispatch
 
 SUPPORTED = (
-    "a diffusers folder (model_index.json, or config.json of a UNet2DModel); "
+    "a diffusers folder (model_index.json, or config.json of a UNet2DModel; with vae/ or vqvae/ a latent model); "
     "a guided-diffusion / ADM .pt/.pth/.safetensors state dict; "
     "a MONAI DiffusionModelUNet state dict with kind='monai' and network={...}"
 )
@@ -476,6 +483,10 @@ def load_checkpoint(path: str | Path, *, kind: str | None = None, **options: Any
         except json.JSONDecodeError as e:
             raise ValueError(f"{config} is not valid JSON: {e}") from None
         if kind == "diffusers" or is_diffusers:
+            if any((path / d / "config.json").is_file() for d in ("vae", "vqvae")):
+                from .latent import load_diffusers_latent  # autoencoder + U-Net on its latents
+
+                return load_diffusers_latent(path, **options)
             return load_diffusers(path, **options)
         raise ValueError(f"{path} is a folder but not a diffusers model folder; supported: {SUPPORTED}")
     if kind == "diffusers":

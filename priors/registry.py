@@ -19,6 +19,7 @@ SHIPPED: dict[str, str] = {
     "natural-gray": "gray natural images in [0, 1] (U-Net, EDM, trained on bundled photographs + dead leaves)",
     "natural-rgb": "RGB natural images in [0, 1] (U-Net, EDM, trained on bundled photographs + dead leaves)",
     "phantoms": "CT/MRI random-ellipse phantoms in [0, 1] (U-Net, EDM)",
+    "latent-gray": "gray natural images in [0, 1], latent diffusion (KL autoencoder, downsampling 4, + latent U-Net, EDM)",
 }
 
 
@@ -41,9 +42,10 @@ def load_prior(name_or_path: str | Path, **options) -> Prior:
         if not (folder / "model.safetensors").is_file():
             raise ValueError(
                 f"the shipped prior {key!r} has no weights in this installation; train one with "
-                f"'invdiff train --data {key} --output DIR' and pass DIR"
+                + ("'invdiff train-latent --data natural-gray --output DIR'" if key == "latent-gray"
+                   else f"'invdiff train --data {key} --output DIR'") + " and pass DIR"
             )
-        return UNetPrior.from_folder(folder)
+        return _from_folder(folder)
     path = Path(name_or_path).expanduser()
     if not path.exists():
         raise ValueError(
@@ -55,12 +57,25 @@ def load_prior(name_or_path: str | Path, **options) -> Prior:
             kind = json.loads(cfg.read_text()).get("kind")
         except json.JSONDecodeError as e:
             raise ValueError(f"{cfg} is not valid JSON: {e}") from None
-        if kind == "unet-edm":
+        if kind in ("unet-edm", "latent-edm"):
             if options:
                 raise ValueError(f"an invdiff-trained prior takes no options, got {sorted(options)}")
-            return UNetPrior.from_folder(path)
+            return _from_folder(path)
     try:
         from .loaders import load_checkpoint
     except ImportError:  # pragma: no cover - loaders ship with the package
         raise ValueError(f"{path} is not an invdiff prior folder (config.json + model.safetensors)") from None
     return load_checkpoint(path, **options)
+
+
+def _from_folder(folder: Path) -> Prior:
+    """An invdiff-trained folder: a pixel U-Net prior, or a latent prior (``kind: "latent-edm"``)."""
+    try:
+        kind = json.loads((folder / "config.json").read_text()).get("kind")
+    except (OSError, json.JSONDecodeError):
+        kind = None
+    if kind == "latent-edm":
+        from .latent import LatentPrior
+
+        return LatentPrior.from_folder(folder)
+    return UNetPrior.from_folder(folder)

@@ -148,16 +148,17 @@ def test_prior_dtype_mismatch(y):
 
 
 def test_methods_table():
-    assert set(METHODS) == {"ddrm", "dps", "pigdm", "score_ald", "repaint", "ddnm", "diffpir", "daps"}
+    assert set(METHODS) == {"ddrm", "dps", "pigdm", "score_ald", "repaint", "ddnm", "diffpir", "daps",
+                            "latent_dps", "psld"}  # fmt: skip
     assert {k: m.steps for k, m in METHODS.items()} == {
         "ddrm": 20, "dps": 1000, "pigdm": 100, "score_ald": 500,
-        "repaint": 250, "ddnm": 100, "diffpir": 100, "daps": 200,
+        "repaint": 250, "ddnm": 100, "diffpir": 100, "daps": 200, "latent_dps": 1000, "psld": 1000,
     }
     for name, m in METHODS.items():
         params = inspect.signature(m.fn).parameters
         assert m.fn.__name__ == name
         assert m.noise_models == ("noise" in params), name
-        assert m.needs <= {"svd", "linear", "mask"} and m.description
+        assert m.needs <= {"svd", "linear", "mask", "latent"} and m.description
         assert all(p.default is not inspect.Parameter.empty for p in params.values()
                    if p.kind is inspect.Parameter.KEYWORD_ONLY), name
     assert METHODS["ddrm"].knobs == {"eta": 0.85, "eta_b": 1.0}

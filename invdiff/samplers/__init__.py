@@ -5,8 +5,10 @@ from .ddnm import ddnm
 from .ddrm import ddrm
 from .diffpir import diffpir
 from .dps import dps
+from .latent_dps import latent_dps
 from .pigdm import pigdm
+from .psld import psld
 from .repaint import repaint
 from .score_ald import score_ald
 
-__all__ = ["daps", "ddnm", "ddrm", "diffpir", "dps", "pigdm", "repaint", "score_ald"]
+__all__ = ["daps", "ddnm", "ddrm", "diffpir", "dps", "latent_dps", "pigdm", "psld", "repaint", "score_ald"]
