@@ -19,9 +19,7 @@ import copy
 import glob
 import importlib
 import os
-import struct
 import tempfile
-import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["Image", "SUFFIXES", "read_image", "write_image", "find_inputs", "pad_to_multiple"]
+__all__ = ["Image", "SUFFIXES", "read_image", "write_image", "derived_series_uid", "find_inputs", "pad_to_multiple"]
 
 #: file suffix (lower case) -> ``Image.kind``
 SUFFIXES: dict[str, str] = {
@@ -136,9 +134,7 @@ def _flatten_alpha(x: np.ndarray) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- 16-bit PNG
 # Pillow reads 16-bit colour PNGs as 8-bit and cannot write them, so 16-bit PNGs go
-# through this small codec (PNG spec, ISO/IEC 15948, sections 9 "filtering" and 11 "chunks").
-
-_PNG_CHANNELS = {0: 1, 2: 3, 4: 2, 6: 4}  # colour type -> samples per pixel
+# through pypng; the IHDR peek below only decides which reader a file needs.
 
 
 def _png_header(path: Path) -> tuple[int, int] | None:
@@ -151,67 +147,40 @@ def _png_header(path: Path) -> tuple[int, int] | None:
 
 
 def _read_png16(path: Path) -> np.ndarray:
-    """Decode a non-interlaced 16-bit PNG to ``(H, W)`` or ``(H, W, C)`` uint16."""
-    buf = path.read_bytes()
-    pos, idat, ihdr = 8, [], None
-    while pos + 8 <= len(buf):
-        length, ctype = struct.unpack(">I4s", buf[pos : pos + 8])
-        body = buf[pos + 8 : pos + 8 + length]
-        if ctype == b"IHDR":
-            ihdr = struct.unpack(">IIBBBBB", body)
-        elif ctype == b"IDAT":
-            idat.append(body)
-        elif ctype == b"IEND":
-            break
-        pos += 12 + length
-    if ihdr is None or not idat:
-        raise _FormatError(f"{path}: PNG has no IHDR or IDAT chunk; the file is truncated or not a PNG")
-    width, height, _, colour, _, _, interlace = ihdr
-    if interlace:
-        raise _FormatError(f"{path}: interlaced 16-bit PNG is not supported; re-save it non-interlaced or as TIFF")
-    channels = _PNG_CHANNELS[colour]
-    bpp, stride = 2 * channels, 2 * channels * width
-    raw = np.frombuffer(zlib.decompress(b"".join(idat)), np.uint8)
-    if raw.size < height * (stride + 1):
+    """Decode a 16-bit PNG to ``(H, W)`` or ``(H, W, C)`` uint16 with pypng.
+
+    Pillow reads 16-bit gray PNGs but reduces 16-bit RGB(A) to 8 bits, so the
+    16-bit files go through pypng, which keeps every bit for all colour types.
+    """
+    import png
+
+    try:
+        width, height, rows, info = png.Reader(filename=str(path)).asDirect()
+        img = np.vstack([np.asarray(r, dtype=np.uint16) for r in rows])
+    except (png.Error, ValueError, EOFError, OSError) as err:
+        raise _FormatError(f"{path}: cannot decode this 16-bit PNG ({err}); the file is truncated or corrupt") from None
+    channels = int(info["planes"])
+    if img.shape != (height, width * channels):
         raise _FormatError(f"{path}: PNG pixel data is truncated")
-    raw = raw[: height * (stride + 1)].reshape(height, stride + 1)
-    kinds, line = raw[:, 0], raw[:, 1:].reshape(height, width, bpp).astype(np.int32)
-    if kinds.max() > 4:
-        row = int(np.argmax(kinds > 4))
-        raise _FormatError(f"{path}: PNG row {row} has unknown filter type {kinds[row]}; the file is corrupt")
-    # Undo the filters (spec section 9.2). Pixel (i, j) needs its reconstructed left (a), up (b) and
-    # up-left (c) neighbours, so sweep anti-diagonals i + j = d, each one vectorised.
-    out = np.zeros((height + 1, width + 1, bpp), np.int32)  # a zero row and column before the image
-    for d in range(height + width - 1):
-        i = np.arange(max(0, d - width + 1), min(height, d + 1))
-        j = d - i
-        a, b, c = out[i + 1, j], out[i, j + 1], out[i, j]
-        p = a + b - c
-        pa, pb, pc = np.abs(p - a), np.abs(p - b), np.abs(p - c)
-        paeth = np.where((pa <= pb) & (pa <= pc), a, np.where(pb <= pc, b, c))
-        f = kinds[i, None]
-        pred = np.select([f == 1, f == 2, f == 3, f == 4], [a, b, (a + b) // 2, paeth], 0)  # Sub, Up, Average, Paeth
-        out[i + 1, j + 1] = (line[i, j] + pred) % 256
-    out = out[1:, 1:].astype(np.uint8)
-    img = out.view(">u2").reshape(height, width, channels).astype(np.uint16)
+    img = img.reshape(height, width, channels)
     return img[:, :, 0] if channels == 1 else img
 
 
 def _png16_bytes(img: np.ndarray) -> bytes:
-    """Encode ``(H, W)`` or ``(H, W, 1|3)`` uint16 as a PNG (filter type 0 on every row)."""
+    """Encode ``(H, W)`` or ``(H, W, 1|3)`` uint16 as a 16-bit PNG with pypng (see ``_read_png16``)."""
+    import io as _io
+
+    import png
+
     if img.ndim == 3 and img.shape[2] == 1:
         img = img[:, :, 0]
     height, width = img.shape[:2]
-    colour = 0 if img.ndim == 2 else 2
-
-    def chunk(ctype: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + ctype + body + struct.pack(">I", zlib.crc32(ctype + body))
-
-    rows = img.astype(">u2").reshape(height, -1).view(np.uint8)
-    scan = np.concatenate([np.zeros((height, 1), np.uint8), rows], axis=1)
-    ihdr = struct.pack(">IIBBBBB", width, height, 16, colour, 0, 0, 0)
-    idat = zlib.compress(scan.tobytes(), 6)
-    return _PNG_SIGNATURE + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    greyscale = img.ndim == 2
+    buf = _io.BytesIO()
+    png.Writer(width, height, greyscale=greyscale, bitdepth=16, compression=6).write(
+        buf, img.reshape(height, -1).astype(np.uint16)
+    )
+    return buf.getvalue()
 
 
 # ----------------------------------------------------------------------------- readers
@@ -478,7 +447,20 @@ def _write_numpy(tmp: Path, arr: np.ndarray, kind: str, like: Image | None) -> N
             np.save(f, out)
 
 
-def _write_dicom(tmp: Path, arr: np.ndarray, like: Image, description: str | None, pydicom: Any) -> None:
+def derived_series_uid(like: Image, salt: str = "") -> str:
+    """A SeriesInstanceUID for the series derived from ``like``'s series: the same for every slice of it.
+
+    Derived from the source SeriesInstanceUID and ``salt`` (e.g. the output folder), so
+    the restored slices of one source series, written file by file, form one new series.
+    """
+    from pydicom.uid import generate_uid
+
+    source = str(getattr(like.meta.get("dataset"), "SeriesInstanceUID", ""))
+    return str(generate_uid(entropy_srcs=["invdiff derived series", source, salt]))
+
+
+def _write_dicom(tmp: Path, arr: np.ndarray, like: Image, description: str | None, pydicom: Any,
+                 series_uid: str | None = None) -> None:  # fmt: skip
     """A derived DICOM instance: ``like``'s dataset with new UIDs, DERIVED ImageType, re-encoded pixels."""
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -517,7 +499,7 @@ def _write_dicom(tmp: Path, arr: np.ndarray, like: Image, description: str | Non
             ds.is_little_endian, ds.is_implicit_VR = True, False
     # A derived series: new instance and series UIDs, ImageType DERIVED\SECONDARY.
     ds.SOPInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = series_uid or generate_uid()
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     image_type = list(getattr(src, "ImageType", []) or [])
     ds.ImageType = ["DERIVED", "SECONDARY"] + image_type[2:]
@@ -552,6 +534,7 @@ def write_image(
     bit_depth: int | None = None,
     quality: int = 95,
     description: str | None = None,
+    series_uid: str | None = None,
 ) -> Path:
     """Write ``data`` ``(B, C, H, W)`` atomically in the format of ``path``'s suffix, shaped like ``like``.
 
@@ -562,7 +545,8 @@ def write_image(
     ``like``'s layout when it was read from NPY/NPZ. DICOM needs ``like`` read from
     DICOM and writes a derived instance (new SOP/Series UIDs, identifying tags kept,
     values re-encoded with its slope/intercept and clipped to its stored range;
-    ``description`` sets SeriesDescription). NIfTI: float32 with ``like``'s affine and
+    ``description`` sets SeriesDescription; ``series_uid`` gives the new series its UID,
+    e.g. ``derived_series_uid(like)`` for every slice of one series). NIfTI: float32 with ``like``'s affine and
     header, slices stacked back along its slice axis (identity affine without ``like``).
     Returns the path written.
     """
@@ -601,7 +585,7 @@ def write_image(
                 f"{path}: data has {arr.shape[1]} channels but the DICOM source has {samples} samples per pixel"
             )
         pydicom = _import_medical("pydicom", path)
-        _atomic_write(path, lambda tmp: _write_dicom(tmp, arr, like, description, pydicom))
+        _atomic_write(path, lambda tmp: _write_dicom(tmp, arr, like, description, pydicom, series_uid))
     else:
         if arr.shape[1] != 1:
             raise ValueError(f"{path}: NIfTI slices must have 1 channel, got data of shape {arr.shape}")
