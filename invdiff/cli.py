@@ -19,7 +19,14 @@ Kernel = Annotated[Optional[str], typer.Option(help="deblur: gaussian:SIGMA | mo
 Scale = Annotated[Optional[int], typer.Option(help="sr: factor (default 4).")]
 Filter = Annotated[Optional[str], typer.Option(help="sr: bicubic or box.")]
 Angles = Annotated[Optional[int], typer.Option(help="ct: number of views.")]
+Arc = Annotated[Optional[float], typer.Option(help="ct: degrees the views span (default 180; less: limited angle).")]
+Dose = Annotated[Optional[float], typer.Option(help="ct: low dose, photons per detector bin (Poisson; dps, score_ald).")]
+Window = Annotated[Optional[str], typer.Option(
+    help="HU window onto the prior's [0, 1]: ct, soft-tissue, lung, bone, brain or LO,HI (CT DICOM: ct).")]
 Acceleration = Annotated[Optional[float], typer.Option(help="mri: undersampling factor.")]
+CenterFraction = Annotated[Optional[float], typer.Option(help="mri: fraction of central columns always measured.")]
+MaskKind = Annotated[Optional[str], typer.Option(help="mri: column mask, random or equispaced.")]
+Coils = Annotated[Optional[int], typer.Option(help="mri: receive coils (over 1: simulated sensitivities).")]
 
 
 app = typer.Typer(
@@ -52,6 +59,17 @@ def _task_options(task: str, **given) -> dict:
     return {k: v for k, v in given.items() if v is not None}
 
 
+def _check_window(window: str | None) -> None:
+    """Fail with one line on a bad ``--window``."""
+    if window is not None:
+        from .ct import parse_window
+
+        try:
+            parse_window(window)
+        except ValueError as e:
+            _fail(str(e))
+
+
 @app.command()
 def train(
     output: Path = typer.Option(..., "--output", "-o", help="Folder for checkpoints and the trained prior."),
@@ -69,6 +87,9 @@ def train(
     threads: Optional[int] = typer.Option(None, help="CPU threads for torch."),
     max_minutes: Optional[float] = typer.Option(None, help="Stop (after a checkpoint) once this many minutes pass."),
     no_resume: bool = typer.Option(False, "--no-resume", help="Start over even if a checkpoint exists."),
+    init_from: Optional[str] = typer.Option(
+        None, "--init-from", help="Start from this prior's weights (shipped name or folder) instead of random ones."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Train a diffusion prior (EDM loss, random patches, EMA) and write model.safetensors + config.json."""
@@ -94,7 +115,8 @@ def train(
     command = "invdiff " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     try:
         prior = run_train(output, cfg, resume=not no_resume, num_threads=threads, progress=not quiet,
-                          command=command, max_seconds=None if max_minutes is None else 60 * max_minutes)  # fmt: skip
+                          command=command, max_seconds=None if max_minutes is None else 60 * max_minutes,
+                          init_from=init_from)  # fmt: skip
     except ValueError as e:
         _fail(str(e))
     info = json.loads((Path(output) / "config.json").read_text())["training"]
@@ -103,6 +125,62 @@ def train(
         f"loss {info['final_loss']:.4f}; prior written to {output}"
     )
     del prior, torch
+
+
+@app.command("train-latent")
+def train_latent_cmd(
+    output: Path = typer.Option(..., "--output", "-o", help="Folder for checkpoints and the trained latent prior."),
+    data: str = typer.Option("natural-gray", help="natural-gray, natural-rgb, phantoms, or a folder of images."),
+    ae_steps: int = typer.Option(5000, help="Stage 1: autoencoder optimiser steps."),
+    steps: int = typer.Option(4000, help="Stage 2: latent U-Net optimiser steps."),
+    ae_batch_size: int = typer.Option(16, help="Stage 1: patches per step."),
+    ae_patch_size: int = typer.Option(32, help="Stage 1: side of the square patches."),
+    batch_size: int = typer.Option(32, help="Stage 2: patches per step."),
+    patch_size: int = typer.Option(64, help="Stage 2: side of the square patches (latents are 4x smaller)."),
+    ae_channels: int = typer.Option(24, help="Autoencoder base width (levels 1, 2, 2: downsampling 4)."),
+    latent_channels: int = typer.Option(4, help="Latent channels."),
+    kl_weight: float = typer.Option(1e-6, help="Weight of the KL term (summed over latents, as the reference)."),
+    channels: int = typer.Option(32, help="Latent U-Net base width."),
+    channel_mult: str = typer.Option("1,2,2", help="Latent U-Net width multipliers per level, comma-separated."),
+    lr: float = typer.Option(4e-4, help="Stage 2 Adam learning rate (after warm-up)."),
+    ae_lr: float = typer.Option(5e-4, help="Stage 1 Adam learning rate (after warm-up)."),
+    seed: int = typer.Option(0, help="Seed for data, noise and initialisation."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads for torch."),
+    max_minutes: Optional[float] = typer.Option(None, help="Stop (after a checkpoint) once this many minutes pass."),
+    no_resume: bool = typer.Option(False, "--no-resume", help="Start over even if a checkpoint exists."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Train a latent diffusion prior: a KL autoencoder, then an EDM U-Net on its scaled latents."""
+    from .priors.latent import AutoencoderConfig
+    from .priors.unet import UNetConfig
+    from .training_latent import LatentTrainConfig, train_latent
+
+    try:
+        mult = tuple(int(v) for v in channel_mult.split(",") if v.strip())
+    except ValueError:
+        _fail(f"--channel-mult takes comma-separated integers, got {channel_mult!r}")
+    if data not in ("natural-gray", "natural-rgb", "phantoms") and not Path(data).is_dir():
+        _fail(f"--data {data!r} is neither a built-in data set (natural-gray, natural-rgb, phantoms) nor a folder")
+    in_ch = 3 if data == "natural-rgb" else 1
+    ae = AutoencoderConfig(in_channels=in_ch, latent_channels=latent_channels, channels=ae_channels)
+    unet = UNetConfig(in_channels=latent_channels, out_channels=latent_channels, channels=channels, channel_mult=mult)
+    cfg = LatentTrainConfig(data=data, seed=seed, autoencoder=ae.to_dict(), ae_steps=ae_steps,
+                            ae_batch_size=ae_batch_size, ae_patch_size=ae_patch_size, ae_lr=ae_lr, kl_weight=kl_weight,
+                            unet=unet.to_dict(), steps=steps, batch_size=batch_size, patch_size=patch_size, lr=lr)  # fmt: skip
+    command = "invdiff " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    try:
+        train_latent(output, cfg, resume=not no_resume, num_threads=threads, progress=not quiet, command=command,
+                     max_seconds=None if max_minutes is None else 60 * max_minutes)  # fmt: skip
+    except ValueError as e:
+        _fail(str(e))
+    cfg_file = Path(output) / "config.json"
+    if not cfg_file.is_file():
+        typer.echo(f"stopped during stage 1 (autoencoder); run the same command again to resume from {output}")
+        return
+    info = json.loads(cfg_file.read_text())["training"]
+    minutes = info["wall_seconds"] / 60
+    typer.echo(f"trained the autoencoder ({info['ae_steps_done']} steps) and {info['steps_done']}/{steps} latent "
+               f"U-Net steps in {minutes:.1f} min, loss {info['final_loss']:.4f}; prior written to {output}")  # fmt: skip
 
 
 @app.command()
@@ -142,7 +220,13 @@ def restore_cmd(
     scale: Scale = None,
     filter: Filter = None,
     angles: Angles = None,
+    arc: Arc = None,
+    dose: Dose = None,
+    window: Window = None,
     acceleration: Acceleration = None,
+    center_fraction: CenterFraction = None,
+    mask_kind: MaskKind = None,
+    coils: Coils = None,
     sigma_y: float = typer.Option(0.01, help="Measurement noise std (data units) used to simulate and restore."),
     prior: str = typer.Option("natural-gray", help="Shipped prior name or a path."),
     method: str = typer.Option("ddrm", help="Sampler: " + ", ".join(["ddrm", "dps", "pigdm", "ddnm", "diffpir",
@@ -151,6 +235,9 @@ def restore_cmd(
     samples: int = typer.Option(4, help="Posterior samples per image."),
     seed: int = typer.Option(0, help="Seed (per-file seeds derive from it and the file name)."),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ..."),
+    batch_size: int = typer.Option(
+        1, help="Images per sampler call (same size, stackable operators); a batch's noise comes from its first file."
+    ),
     ground_truth: Optional[Path] = typer.Option(None, help="Clean image file or folder (matched by name)."),
     save_samples: bool = typer.Option(False, help="Also write every posterior sample."),
     overwrite: bool = typer.Option(False, help="Redo files whose outputs already exist."),
@@ -166,14 +253,18 @@ def restore_cmd(
 
     if measured:
         flags = {"--task": task, "--random-mask": random_mask, "--box": box, "--mask": mask, "--kernel": kernel,
-                 "--scale": scale, "--filter": filter, "--angles": angles, "--acceleration": acceleration}  # fmt: skip
+                 "--scale": scale, "--filter": filter, "--angles": angles, "--acceleration": acceleration,
+                 "--center-fraction": center_fraction, "--mask-kind": mask_kind, "--coils": coils}  # fmt: skip
+        flags.update({"--arc": arc, "--dose": dose, "--window": window})
         given = [k for k, v in flags.items() if v is not None]
         if given:
             _fail(f"{', '.join(given)} cannot be used with --measured: the sidecars describe the operator")
     elif task is None:
         _fail("--task is required (or --measured for measurements written by 'invdiff degrade')")
     options = {} if measured else _task_options(task, random_mask=random_mask, box=box, mask=mask, kernel=kernel, scale=scale,
-                            filter=filter, angles=angles, acceleration=acceleration)  # fmt: skip
+                            filter=filter, angles=angles, arc=arc, dose=dose, acceleration=acceleration,
+                            center_fraction=center_fraction, mask_kind=mask_kind, coils=coils)  # fmt: skip
+    _check_window(window)
     if method not in METHODS:
         _fail(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -182,6 +273,25 @@ def restore_cmd(
         p = load_prior(prior)
     except (ValueError, FileNotFoundError) as e:
         _fail(str(e))
+
+    h5 = [i for i in inputs if i.lower().endswith((".h5", ".hdf5"))]
+    if h5:  # fastMRI k-space: reconstructed slice by slice (invdiff.mri)
+        if task != "mri" or len(h5) != len(inputs):
+            _fail("HDF5 k-space inputs (.h5) need --task mri and cannot be mixed with image files")
+        from .mri import restore_h5_files
+
+        say = None if quiet else lambda n, st, row: typer.echo(f"{st:8s} {n}")
+        try:
+            rep = restore_h5_files(h5, output, prior=p, task_options=options, method=method, steps=steps,
+                                   sigma_y=sigma_y, samples=samples, seed=seed, overwrite=overwrite, device=device,
+                                   on_file=say)  # fmt: skip
+        except (ValueError, FileNotFoundError) as e:
+            _fail(str(e))
+        for name, why in rep["failed"].items():
+            typer.echo(f"failed: {name}: {why}", err=True)
+        typer.echo(f"{len(rep['done'])} restored, {len(rep['skipped'])} already done, {len(rep['failed'])} failed; "
+                   f"outputs in {output}")  # fmt: skip
+        raise typer.Exit(1 if rep["failed"] else 0)
 
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -214,7 +324,8 @@ def restore_cmd(
             report = restore_files(inputs, output, task=task or "", task_options=options, prior=p, method=method,
                                    steps=steps, sigma_y=sigma_y, samples=samples, seed=seed,
                                    ground_truth=ground_truth, overwrite=overwrite, save_samples=save_samples,
-                                   device=device, on_file=on_file, measured=measured, callback=on_step)  # fmt: skip
+                                   device=device, on_file=on_file, measured=measured, callback=on_step,
+                                   batch_size=batch_size, window=window)  # fmt: skip
     except (ValueError, FileNotFoundError) as e:
         _fail(str(e))
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun rank 0 speaks for the run
@@ -241,7 +352,13 @@ def degrade(
     scale: Scale = None,
     filter: Filter = None,
     angles: Angles = None,
+    arc: Arc = None,
+    dose: Dose = None,
+    window: Window = None,
     acceleration: Acceleration = None,
+    center_fraction: CenterFraction = None,
+    mask_kind: MaskKind = None,
+    coils: Coils = None,
     sigma_y: float = typer.Option(0.01, help="Measurement noise std (data units)."),
     prior: str = typer.Option("natural-gray", help="The prior you will restore with (sets padding and checks)."),
     seed: int = typer.Option(0, help="Seed (per-file seeds derive from it and the file name)."),
@@ -253,11 +370,13 @@ def degrade(
     from .priors import load_prior
 
     options = _task_options(task, random_mask=random_mask, box=box, mask=mask, kernel=kernel, scale=scale,
-                            filter=filter, angles=angles, acceleration=acceleration)  # fmt: skip
+                            filter=filter, angles=angles, arc=arc, dose=dose, acceleration=acceleration,
+                            center_fraction=center_fraction, mask_kind=mask_kind, coils=coils)  # fmt: skip
+    _check_window(window)
     try:
         p = load_prior(prior)
         report = degrade_files(inputs, output, task=task, task_options=options, prior=p, sigma_y=sigma_y,
-                               seed=seed, overwrite=overwrite,
+                               seed=seed, overwrite=overwrite, window=window,
                                on_file=None if quiet else lambda n, st, _: typer.echo(f"{st:8s} {n}"))  # fmt: skip
     except (ValueError, FileNotFoundError) as e:
         _fail(str(e))
@@ -271,13 +390,16 @@ def degrade(
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def bench(ctx: typer.Context) -> None:
-    """Run the benchmarks (e.g. 'invdiff bench posterior --quick'); needs a source checkout."""
+    """Run the benchmarks: the quick image benchmark by default, or e.g. 'invdiff bench posterior --quick'.
+
+    Needs a source checkout (benchmarks/ is not installed with the package).
+    """
     import subprocess
 
     root = Path.cwd()
     if not (root / "benchmarks" / "__main__.py").is_file():
         _fail("benchmarks/ is not installed with the package; run 'invdiff bench' from the root of an invdiff checkout")
-    args = ctx.args or ["posterior", "--quick"]
+    args = ctx.args or ["images", "--quick"]
     raise typer.Exit(subprocess.call([sys.executable, "-m", "benchmarks", *args], cwd=root))
 
 

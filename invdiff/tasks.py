@@ -12,8 +12,11 @@ Option syntax, as on the command line:
 * deblur: ``kernel=gaussian:2.0`` | ``kernel=motion:31,0.5`` (size, intensity)
   | ``kernel=FILE`` (an image or .npy, normalised to sum 1); ``padding``;
 * sr: ``scale=4``, ``filter=bicubic|box``;
-* mri: ``acceleration=4``, ``center_fraction=0.08``, ``mask_kind=random|equispaced``;
-* ct: ``angles=30``;
+* mri: ``acceleration=4``, ``center_fraction=0.08``, ``mask_kind=random|equispaced``,
+  ``coils=1`` (more: ``MultiCoilMRI`` with simulated birdcage sensitivities);
+* ct: ``angles=30``, ``arc=180`` (degrees the views span; less is limited-angle CT),
+  ``dose=I0`` (low-dose: Beer-Lambert photon counts with Poisson noise, ``I0`` per bin);
+  without a dose the sinogram is divided by ``||A||`` (``invdiff.ct.normalized``);
 * denoise, colorize: no options.
 """
 
@@ -33,8 +36,10 @@ from .operators import (
     Downsampling,
     Identity,
     Inpainting,
+    MultiCoilMRI,
     Operator,
     Tomography,
+    birdcage_sensitivities,
     box_mask,
     gaussian_kernel,
     mask_from_image,
@@ -131,16 +136,32 @@ def _mri(shape: tuple[int, ...], opt: dict[str, Any], g: torch.Generator) -> Ope
         raise ValueError(f"--acceleration must be at least 1, got {acc}")
     mask = mri_mask(shape[-2:], acceleration=acc, center_fraction=float(opt["center_fraction"]),
                     kind=str(opt["mask_kind"]), generator=g)  # fmt: skip
-    return MRI(mask)
+    coils = int(opt["coils"])
+    if coils < 1:
+        raise ValueError(f"--coils must be a positive number of receive coils, got {coils}")
+    if coils == 1:
+        return MRI(mask)
+    return MultiCoilMRI(mask, birdcage_sensitivities(coils, shape[-2:]))
 
 
 def _ct(shape: tuple[int, ...], opt: dict[str, Any], g: torch.Generator) -> Operator:
-    angles = int(opt["angles"])
+    from .ct import normalized
+    from .operators import BeerLambert
+
+    angles, arc = int(opt["angles"]), float(opt["arc"])
     if angles < 1:
         raise ValueError(f"--angles must be a positive number of views, got {angles}")
+    if not 0 < arc <= 180:
+        raise ValueError(f"--arc is the angular range of the views in degrees, in (0, 180], got {arc:g}")
     if shape[-2] != shape[-1]:
         raise ValueError(f"ct needs square images, got {shape[-2]}x{shape[-1]}; crop or pad first")
-    return Tomography(angles, image_size=shape[-1])
+    op = Tomography(angles, image_size=shape[-1], arc=arc)
+    if opt["dose"] is None:
+        return normalized(op)  # line integrals / ||A||: sigma_y and step sizes as for the other tasks
+    dose = float(opt["dose"])
+    if not dose > 0:
+        raise ValueError(f"--dose is the unattenuated photon count per detector bin and must be positive, got {dose:g}")
+    return BeerLambert(op, I0=1.0)  # expected transmission; the counts' Poisson noise: measurement_noise
 
 
 def _colorize(shape: tuple[int, ...], opt: dict[str, Any], g: torch.Generator) -> Operator:
@@ -156,8 +177,9 @@ TASKS: dict[str, Task] = {
     "sr": Task(_sr, {"scale": 4, "filter": "bicubic"}, "super-resolution by an integer factor"),
     "denoise": Task(lambda s, o, g: Identity(), {}, "remove noise"),
     "colorize": Task(_colorize, {}, "gray to RGB"),
-    "mri": Task(_mri, {"acceleration": 4, "center_fraction": 0.08, "mask_kind": "random"}, "undersampled Cartesian MRI"),
-    "ct": Task(_ct, {"angles": 30}, "sparse-view parallel-beam CT"),
+    "mri": Task(_mri, {"acceleration": 4, "center_fraction": 0.08, "mask_kind": "random", "coils": 1},
+                "undersampled Cartesian MRI (single- or multi-coil)"),
+    "ct": Task(_ct, {"angles": 30, "arc": 180.0, "dose": None}, "parallel-beam CT: sparse-view, limited-angle, low-dose"),
 }
 
 
@@ -174,4 +196,63 @@ def build_operator(task: str, shape: tuple[int, ...], options: dict[str, Any] | 
     g = torch.Generator().manual_seed(seed)
     op = TASKS[task].build(tuple(shape), {**TASKS[task].options, **opt}, g)
     op.check(tuple(shape))
+    return op
+
+
+def _same_operator(a: Operator, b: Operator) -> bool:
+    """Same type, same plain attributes and equal buffers/parameters."""
+    if type(a) is not type(b):
+        return False
+    va = {k: v for k, v in vars(a).items() if not k.startswith("_")}
+    vb = {k: v for k, v in vars(b).items() if not k.startswith("_")}
+    if va.keys() != vb.keys():
+        return False
+    for k, v in va.items():
+        w = vb[k]
+        if isinstance(v, torch.Tensor) or isinstance(w, torch.Tensor):
+            if not (isinstance(v, torch.Tensor) and isinstance(w, torch.Tensor) and v.shape == w.shape
+                    and bool(torch.equal(v, w))):  # fmt: skip
+                return False
+        elif v != w:
+            return False
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(
+        sa[k].shape == sb[k].shape and bool(torch.equal(sa[k], sb[k])) for k in sa
+    )
+
+
+def stack_operators(ops: list[Operator]) -> Operator | None:
+    """One operator for the images of ``ops`` stacked into one batch, or ``None`` if there is none.
+
+    Identical operators (no random part, or the same mask/kernel file) stack as
+    themselves; inpainting operators with different masks of one size stack into
+    one with a mask per image.  Anything else (e.g. per-file random motion
+    kernels) has no batched form here, and those files are restored one by one.
+    """
+    if all(_same_operator(ops[0], o) for o in ops[1:]):
+        return ops[0]
+    if all(type(o) is Inpainting for o in ops):
+        masks = [o.mask for o in ops]
+        if all(m.shape == masks[0].shape and m.shape[0] == 1 for m in masks):
+            return Inpainting(torch.cat(masks))
+    return None
+
+
+def measurement_noise(op: Operator, sigma_y: float, options: dict[str, Any] | None = None) -> Any:
+    """The noise model of a task's measurement: ``Gaussian(sigma_y)``, or for low-dose CT (``dose=I0``)
+    ``Poisson(gain=1/I0)``, photon counts of the transmission ``y = k / I0`` (``invdiff.ct.low_dose``)."""
+    from .operators import BeerLambert, Gaussian, Poisson
+
+    dose = (options or {}).get("dose")
+    if isinstance(op, BeerLambert) and dose is not None:
+        return Poisson(gain=1.0 / float(dose))
+    return Gaussian(sigma_y)
+
+
+def operator_for(method: str, op: Operator) -> Operator:
+    """``op`` as the method needs it: CT through its dense SVD for the methods that need an SVD (DDRM, DDNM)."""
+    from .methods import METHODS
+
+    if isinstance(op, Tomography) and method in METHODS and "svd" in METHODS[method].needs:
+        return op.svd()
     return op

@@ -22,6 +22,12 @@ k-space that contains the range of ``A``, and ``Ut`` is its transpose (an
 orthogonal projection onto it followed by the coordinates).  ``forward``,
 ``adjoint`` and ``pinv`` are exact; ``solve`` adds the component of ``y``
 outside that subspace (where ``A A^T = 0``).
+
+Multi-coil (``MultiCoilMRI``): coil ``j`` sees the image weighted by its
+sensitivity ``S_j``, ``y_j = M * fft2c(S_j x)`` (SENSE, Pruessmann et al. 1999),
+k-space ``(B, 2 C N_c, H, W)``.  ``A^T A = sum_j S_j^H F^H M F S_j`` is no longer
+diagonal in one known basis, so the operator is linear without an SVD; samplers
+invert it with conjugate gradients.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ import torch
 from torch import Tensor
 
 from ._shape import ShapedSVDOperator, as_4d_mask, fmt, require_batch, require_image
-from .base import _col
+from .base import LinearOperator, _col
 from .fourier import fft2c, fourier_coords, fourier_image, fourier_index, ifft2c
 
 
@@ -105,6 +111,21 @@ class MRI(ShapedSVDOperator):
 
         return self._cached("pairs", build)  # type: ignore[return-value]
 
+    def _pair_singulars(self) -> Tensor:
+        """``sqrt((p^2 + q^2) / 2)`` per pair ``(Bm, 1, P)``, from the mask values themselves.
+
+        (``n / sqrt(2)`` rounds to ``1 +- 1 ulp`` for a pair measured twice; this is exactly 1.)
+        """
+
+        def build() -> Tensor:
+            _, h, w = self.image_shape
+            _, rep, rep_neg, _ = fourier_index(h, w, self._device)
+            mu = torch.fft.ifftshift(self.mask.to(**self._factory()), dim=(-2, -1)).flatten(-2)
+            p, q = mu.index_select(-1, rep), mu.index_select(-1, rep_neg)
+            return torch.sqrt((p**2 + q**2) / 2)
+
+        return self._cached("pair_singulars", build)  # type: ignore[return-value]
+
     # -- SVD -----------------------------------------------------------------
     def Vt(self, x: Tensor) -> Tensor:
         self.check(x.shape)
@@ -162,8 +183,9 @@ class MRI(ShapedSVDOperator):
         if self.complex_input:
             m = self.mask.to(**self._factory()).expand(bm, c, h, w).reshape(bm, -1)
         else:
-            m_self, _, _, n = self._pair_weights()
-            s = torch.cat([m_self, n / math.sqrt(2.0), n / math.sqrt(2.0)], dim=-1)  # (Bm, 1, H*W)
+            m_self, _, _, _ = self._pair_weights()
+            half = self._pair_singulars()
+            s = torch.cat([m_self, half, half], dim=-1)  # (Bm, 1, H*W)
             m = s.expand(bm, c, h * w).reshape(bm, -1)
         return m[0] if bm == 1 else m
 
@@ -183,6 +205,140 @@ class MRI(ShapedSVDOperator):
 
     def extra_repr(self) -> str:
         return f"mask={fmt(self.mask.shape)}, complex_input={self.complex_input}"
+
+
+class MultiCoilMRI(LinearOperator):
+    """Multi-coil Cartesian MRI ``y_j = M * fft2c(S_j x)``, ``j = 1..N_c`` (Pruessmann et al. 1999, eq. 3).
+
+    Args:
+        mask: k-space mask in centred layout, ``(H, W)`` or ``(B, 1, H, W)``, 1 = measured.
+        maps: coil sensitivities ``S``, complex ``(N_c, H, W)`` or ``(B, N_c, H, W)`` (one set per
+            image); a real tensor means real maps.  E.g. from ``estimate_sensitivities``.
+        complex_input: ``False``: ``x`` is real ``(B, C, H, W)``; ``True``: complex as
+            ``(B, 2C, H, W)`` channel pairs (real, imaginary).
+
+    ``y`` is ``(B, 2 C N_c, H, W)``, laid out channel-major, then coil, then
+    (real, imaginary): ``y[:, 2 (c N_c + j) + {0, 1}]`` is coil ``j`` of channel ``c``.
+    Zero where not measured.  For real input the adjoint is the real part of
+    ``sum_j S_j^H F^H M y_j`` (the adjoint of embedding ``R^N`` in ``C^N``).
+    One coil with ``S = 1`` is ``MRI`` (which has an SVD).
+    """
+
+    mask: Tensor
+    maps: Tensor
+
+    def __init__(self, mask: Tensor, maps: Tensor, complex_input: bool = False) -> None:
+        super().__init__()
+        mask = as_4d_mask(mask, "MultiCoilMRI")
+        if mask.shape[1] != 1:
+            raise ValueError(f"MultiCoilMRI mask must be (H, W) or (B, 1, H, W), got shape {fmt(mask.shape)}")
+        if not isinstance(maps, Tensor):
+            maps = torch.as_tensor(maps)
+        if maps.dim() == 3:
+            maps = maps[None]
+        if maps.dim() != 4:
+            raise ValueError(
+                f"MultiCoilMRI: coil maps must be complex (N_c, H, W) or (B, N_c, H, W), got shape {fmt(maps.shape)}"
+            )
+        if not maps.is_complex():
+            maps = maps.to(torch.float64 if maps.dtype == torch.float64 else torch.float32) + 0j
+        if not torch.isfinite(torch.view_as_real(maps)).all():
+            raise ValueError("MultiCoilMRI: coil maps contain NaN or infinite values")
+        if tuple(maps.shape[-2:]) != tuple(mask.shape[-2:]):
+            raise ValueError(
+                f"coil maps have shape {fmt(maps.shape)} but the mask is {fmt(mask.shape)}; both must be H x W"
+            )
+        self.register_buffer("mask", mask)
+        # Stored as (..., 2) real pairs so that module.to(dtype) / .double() convert them without
+        # dropping the imaginary part (casting a complex buffer to a real dtype would).
+        precision = torch.complex128 if maps.dtype == torch.complex128 else torch.complex64
+        self.register_buffer("maps", torch.view_as_real(maps.to(precision)).clone())
+        self.complex_input = bool(complex_input)
+
+    @property
+    def coils(self) -> int:
+        """Number of coils ``N_c``."""
+        return self.maps.shape[1]
+
+    def coil_maps(self, like: Tensor | None = None) -> Tensor:
+        """Complex sensitivities ``(Bm, N_c, H, W)`` (in ``like``'s precision and device)."""
+        maps = self.maps
+        if like is not None:
+            real = like.real.dtype if like.is_complex() else like.dtype
+            maps = maps.to(device=like.device, dtype=real if real in (torch.float32, torch.float64) else torch.float32)
+        return torch.view_as_complex(maps.contiguous())
+
+    # -- shapes --------------------------------------------------------------
+    def check(self, x_shape: tuple[int, ...]) -> None:
+        shape = require_image(x_shape, "MultiCoilMRI")
+        if self.complex_input and shape[1] % 2:
+            raise ValueError(
+                f"MultiCoilMRI(complex_input=True) expects (real, imaginary) channel pairs, but the image "
+                f"{fmt(shape)} has an odd number of channels"
+            )
+        if tuple(self.mask.shape[2:]) != tuple(shape[2:]):
+            raise ValueError(f"mask has shape {fmt(self.mask.shape)} but the image is {fmt(shape)}")
+        if tuple(self.maps.shape[2:4]) != tuple(shape[2:]):
+            raise ValueError(
+                f"coil maps have shape {fmt(self.maps.shape[:4])} (B, N_c, H, W) but the image is {fmt(shape)}"
+            )
+        require_batch(self.mask.shape[0], shape[0], "mask", "MultiCoilMRI")
+        require_batch(self.maps.shape[0], shape[0], "set of coil map", "MultiCoilMRI")
+
+    def _check_y(self, y: Tensor) -> None:
+        shape = require_image(y.shape, "MultiCoilMRI")
+        if shape[1] % (2 * self.coils):
+            raise ValueError(
+                f"multi-coil k-space is (B, 2 C N_c, H, W) with N_c = {self.coils} coils (real, imaginary per coil), "
+                f"got {fmt(shape)}"
+            )
+        if tuple(shape[2:]) != tuple(self.mask.shape[2:]):
+            raise ValueError(f"k-space has shape {fmt(shape)} but the mask is {fmt(self.mask.shape)}")
+
+    def x_shape(self, y: Tensor) -> tuple[int, ...]:
+        self._check_y(y)
+        b, c2n, h, w = y.shape
+        c = c2n // (2 * self.coils)
+        return (b, 2 * c if self.complex_input else c, h, w)
+
+    # -- the operator ----------------------------------------------------------
+    def forward(self, x: Tensor) -> Tensor:
+        self.check(x.shape)
+        b, _, h, w = x.shape
+        z = torch.complex(x[:, 0::2], x[:, 1::2]) if self.complex_input else x.to(_complex_of(x.dtype))
+        s = self.coil_maps(x)[:, None]  # (Bm, 1, N_c, H, W)
+        k = fft2c(s * z[:, :, None]) * self.mask.to(x)[:, :, None]  # (B, C, N_c, H, W)
+        return torch.stack([k.real, k.imag], dim=3).reshape(b, -1, h, w)
+
+    def adjoint(self, y: Tensor) -> Tensor:
+        shape = self.x_shape(y)
+        self.check(shape)
+        b, _, h, w = y.shape
+        yk = y.reshape(b, -1, self.coils, 2, h, w)
+        k = torch.complex(yk[:, :, :, 0], yk[:, :, :, 1]) * self.mask.to(y)[:, :, None]
+        z = (self.coil_maps(y)[:, None].conj() * ifft2c(k)).sum(dim=2)  # (B, C, H, W)
+        if self.complex_input:
+            return torch.stack([z.real, z.imag], dim=2).reshape(shape)
+        return z.real
+
+    def repeat_batch(self, n: int) -> "MultiCoilMRI":
+        if self.mask.shape[0] == 1 and self.maps.shape[0] == 1:
+            return self
+        mask = self.mask.repeat(n, 1, 1, 1) if self.mask.shape[0] > 1 else self.mask
+        maps = self.coil_maps()
+        maps = maps.repeat(n, 1, 1, 1) if maps.shape[0] > 1 else maps
+        return MultiCoilMRI(mask, maps, self.complex_input)
+
+    def extra_repr(self) -> str:
+        return f"mask={fmt(self.mask.shape)}, coils={self.coils}, complex_input={self.complex_input}"
+
+
+def _complex_of(dtype: torch.dtype) -> torch.dtype:
+    return torch.complex128 if dtype == torch.float64 else torch.complex64
+
+
+#: fastMRI's pairing of acceleration and centre fraction (Zbontar et al. 2018, sec. 4.2)
+FASTMRI_CENTER_FRACTIONS: dict[int, float] = {4: 0.08, 8: 0.04}
 
 
 def mri_mask(

@@ -96,7 +96,8 @@ def test_ground_truth_folder_is_matched_by_name(folder, tmp_path):
         (["--task", "inpaint", "--device", "cuda"], "torch sees no CUDA device"),
         (["--task", "inpaint", "--ground-truth", "/no/such/dir"], "--ground-truth /no/such/dir does not exist"),
         (["--task", "deblur", "--method", "repaint"], "method 'repaint' needs an inpainting operator"),
-        (["--task", "ct", "--method", "ddrm"], "method 'ddrm' needs an operator with an SVD"),
+        (["--task", "ct", "--dose", "1000", "--method", "ddrm"], "method 'ddrm' needs an operator with an SVD"),
+        (["--task", "ct", "--window", "lungs"], "window 'lungs' is neither a name"),
     ],
 )
 def test_wrong_input_gets_one_clear_line(folder, tmp_path, args, message):
@@ -198,3 +199,48 @@ def test_bench_outside_a_checkout_says_where_to_run_it(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     r = CliRunner().invoke(app, ["bench"])
     assert r.exit_code == 2 and "from the root of an invdiff checkout" in r.output
+
+
+def test_stack_operators_batches_what_can_be_batched():
+    import torch
+
+    from invdiff.operators import Blur, Inpainting
+    from invdiff.tasks import build_operator, stack_operators
+
+    shape = (1, 1, 16, 16)
+    blur = [build_operator("deblur", shape, {"kernel": "gaussian:1.5"}, seed=s) for s in (1, 2)]
+    assert stack_operators(blur) is blur[0]
+    masks = [build_operator("inpaint", shape, {"random_mask": 0.5}, seed=s) for s in (1, 2, 3)]
+    stacked = stack_operators(masks)
+    assert isinstance(stacked, Inpainting)
+    x = torch.rand(3, *shape[1:])
+    torch.testing.assert_close(stacked(x), torch.cat([op(x[i : i + 1]) for i, op in enumerate(masks)]))
+    motion = [build_operator("deblur", shape, {"kernel": "motion:7,0.5"}, seed=s) for s in (1, 2)]
+    assert isinstance(motion[0], Blur) and stack_operators(motion) is None  # random kernels differ per file
+    assert stack_operators([blur[0], masks[0]]) is None
+
+
+def test_batch_size_restores_files_together_with_the_same_measurements(tmp_path):
+    d = tmp_path / "in"
+    d.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(3):
+        io.imsave(d / f"img{i}.png", (rng.random((32, 32)) * 255).astype(np.uint8), check_contrast=False)
+    io.imsave(d / "big.png", (rng.random((48, 48)) * 255).astype(np.uint8), check_contrast=False)
+    (d / "broken.png").write_bytes(b"not a png")
+    one, many = tmp_path / "one", tmp_path / "many"
+    assert run(d, "--task", "inpaint", "--random-mask", "0.5", "-o", one, *FAST).exit_code == 1
+    r = run(d, "--task", "inpaint", "--random-mask", "0.5", "-o", many, "--batch-size", "8", *FAST)
+    assert r.exit_code == 1 and "4 restored, 0 already done, 1 failed" in r.output
+    assert "failed: broken:" in r.output
+    for name in ("img0", "img1", "img2", "big"):
+        # Each file's measurement (its mask and noise) is the same whatever the batch size.
+        np.testing.assert_array_equal(np.load(one / name / "measurement.npy"), np.load(many / name / "measurement.npy"))
+        row = json.loads((many / name / "metrics.json").read_text())
+        if name == "big":  # the only 48x48 image: restored on its own
+            assert "batched_with" not in row
+        else:
+            assert row["batched_with"] == 3
+        assert 5 < row["psnr"] < 60
+    r = run(d, "--task", "inpaint", "-o", many, "--batch-size", "0", *FAST)
+    assert r.exit_code == 2 and r.output.count("\n") == 1 and "--batch-size must be a positive integer" in r.output
