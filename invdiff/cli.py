@@ -83,6 +83,8 @@ def train(
     num_res_blocks: int = typer.Option(2, help="Residual blocks per level."),
     attn_levels: str = typer.Option("", help="Levels with self-attention, comma-separated (e.g. 3)."),
     ema_halflife: int = typer.Option(2000, help="EMA half-life in steps (reached after the ramp-up)."),
+    warmup_steps: int = typer.Option(500, help="Steps of linear learning-rate warm-up (fine-tuning needs fewer)."),
+    checkpoint_every: int = typer.Option(250, help="Steps between checkpoints (and exported weights)."),
     seed: int = typer.Option(0, help="Seed for data, noise and initialisation."),
     threads: Optional[int] = typer.Option(None, help="CPU threads for torch."),
     max_minutes: Optional[float] = typer.Option(None, help="Stop (after a checkpoint) once this many minutes pass."),
@@ -104,6 +106,8 @@ def train(
         attn = tuple(int(v) for v in attn_levels.split(",") if v.strip())
     except ValueError:
         _fail(f"--channel-mult and --attn-levels take comma-separated integers, got {channel_mult!r}, {attn_levels!r}")
+    if checkpoint_every < 1 or warmup_steps < 0:
+        _fail(f"--checkpoint-every must be >= 1 and --warmup-steps >= 0, got {checkpoint_every} and {warmup_steps}")
     in_ch = 3 if data == "natural-rgb" else 1
     if data not in ("natural-gray", "natural-rgb", "phantoms"):
         if not Path(data).is_dir():
@@ -111,7 +115,8 @@ def train(
     unet = UNetConfig(in_channels=in_ch, out_channels=in_ch, channels=channels, channel_mult=mult,
                       num_res_blocks=num_res_blocks, attn_levels=attn)  # fmt: skip
     cfg = TrainConfig(data=data, steps=steps, batch_size=batch_size, patch_size=patch_size, lr=lr,
-                      ema_halflife_steps=ema_halflife, seed=seed, unet=unet.to_dict())  # fmt: skip
+                      ema_halflife_steps=ema_halflife, seed=seed, unet=unet.to_dict(), warmup_steps=warmup_steps,
+                      checkpoint_every=checkpoint_every)  # fmt: skip
     command = "invdiff " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     try:
         prior = run_train(output, cfg, resume=not no_resume, num_threads=threads, progress=not quiet,
