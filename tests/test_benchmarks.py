@@ -1,0 +1,166 @@
+"""The image benchmark's parts: classical baselines against exact answers, deepinv bridges, cost tools, a tiny run."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # benchmarks/ is scripts in the checkout, not an installed package
+
+from benchmarks import baselines, cost, images, report  # noqa: E402
+from invdiff.exact import dense_matrix  # noqa: E402
+from invdiff.metrics import psnr  # noqa: E402
+from invdiff.operators import Blur, Downsampling, Identity, Inpainting, Saturation, random_mask  # noqa: E402
+from invdiff.priors import GaussianPrior  # noqa: E402
+
+F64 = torch.float64
+
+
+def _smooth(h: int = 32, w: int = 32, seed: int = 0) -> torch.Tensor:
+    """A smooth random image ``(1, 1, h, w)`` in [0, 1], float64."""
+    prior = GaussianPrior.smooth((1, h, w), length_scale=3.0, variance=0.02, mean=0.5)
+    return prior.sample(1, generator=torch.Generator().manual_seed(seed)).to(F64).clamp(0, 1)
+
+
+def test_oracle_wiener_inverts_a_noiseless_asymmetric_circular_blur() -> None:
+    # An asymmetric kernel: a flipped or shifted kernel would leave tens of dB on the table.
+    k = torch.zeros(3, 3, dtype=F64)
+    k[1, 1], k[1, 2], k[2, 1] = 0.7, 0.2, 0.1
+    op = Blur(k, padding="circular")
+    x = _smooth()
+    y = op(x)
+    est, lam, edge = baselines.oracle(lambda lam: baselines.wiener(op, y, lam), baselines.LAMBDAS, x)
+    assert psnr(est, x).item() > 60
+    assert lam == baselines.LAMBDAS[0] and edge  # noiseless: the smallest weight wins
+    # with noise the oracle picks an interior weight and still beats the blurred image
+    y_noisy = y + 0.02 * torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=F64)
+    est, lam, edge = baselines.oracle(lambda lam: baselines.wiener(op, y_noisy, lam), baselines.LAMBDAS, x)
+    assert not edge
+    assert psnr(est, x).item() > psnr(y_noisy.clamp(0, 1), x).item()
+
+
+def test_tikhonov_matches_the_dense_ridge_solution() -> None:
+    op = Downsampling(2, filter="bicubic")
+    x = _smooth(8, 8)
+    y = op(x) + 0.01 * torch.randn(1, 1, 4, 4, generator=torch.Generator().manual_seed(0), dtype=F64)
+    A = dense_matrix(op, (1, 8, 8))
+    lam = 0.03
+    exact = torch.linalg.solve(A.T @ A + lam * torch.eye(64, dtype=F64), A.T @ y.reshape(-1))
+    assert torch.allclose(baselines.tikhonov(op, y, lam).reshape(-1), exact, atol=1e-10)
+
+
+def test_biharmonic_fills_a_smooth_image() -> None:
+    ii, jj = torch.meshgrid(torch.arange(24, dtype=F64), torch.arange(24, dtype=F64), indexing="ij")
+    x = (0.5 + 0.3 * torch.sin(ii / 5) * torch.cos(jj / 7))[None, None]
+    op = Inpainting(random_mask((24, 24), missing=0.5, generator=torch.Generator().manual_seed(0)))
+    est = baselines.biharmonic(op, op(x))
+    assert psnr(est, x).item() > 50  # the masked image itself scores about 9 dB
+    assert torch.equal(est * op.mask, x * op.mask)  # known pixels are kept
+
+
+def test_bicubic_upsampling_is_aligned_with_box_downsampling() -> None:
+    # Box averages of a ramp sit at the block centres; bicubic upsampling with half-pixel centres puts them
+    # back there: no bias inside (a half-pixel shift would give 0.025), only torch's a = -0.75 cubic ripple.
+    ii, jj = torch.meshgrid(torch.arange(16, dtype=F64), torch.arange(16, dtype=F64), indexing="ij")
+    x = (0.1 + 0.03 * ii + 0.02 * jj)[None, None]
+    op = Downsampling(2, filter="box")
+    err = (baselines.bicubic(op, op(x)) - x)[..., 4:-4, 4:-4]
+    assert abs(err.mean().item()) < 1e-9
+    assert err.abs().max().item() < 0.006
+
+
+def test_saturation_inverse_and_tv_denoising() -> None:
+    x = _smooth(16, 16)
+    op = Saturation(alpha=2.0)
+    assert torch.allclose(baselines.saturation_inverse(op, op(x)), x, atol=1e-9)
+    # TV on a noisy piecewise-constant image: the oracle weight removes most of the noise.
+    sq = torch.full((1, 1, 32, 32), 0.2, dtype=torch.float32)
+    sq[..., 8:24, 8:24] = 0.8
+    noisy = sq + 0.1 * torch.randn(sq.shape, generator=torch.Generator().manual_seed(0))
+    est, lam, _ = baselines.oracle(lambda lam: baselines.tv(Identity(), noisy, lam, 30, 20), baselines.TV_LAMBDAS, sq)
+    assert psnr(est, sq).item() > psnr(noisy.clamp(0, 1), sq).item() + 6
+
+
+def test_svd_physics_and_denoiser_wrapper_match_invdiff() -> None:
+    pytest.importorskip("deepinv")
+    x = _smooth(16, 16).float()
+    for op in (Blur(torch.tensor([[0.1, 0.6, 0.3]]), padding="circular"), Downsampling(4, filter="bicubic")):
+        y = op(x)
+        physics = images.svd_physics(op, tuple(x.shape), 0.05)
+        assert torch.allclose(physics.A(x), y, atol=1e-5)
+        assert torch.allclose(physics.A_adjoint(y), op.adjoint(y), atol=1e-5)
+        assert physics.noise_model.sigma == pytest.approx(0.05)
+    prior = GaussianPrior.smooth((1, 16, 16))
+    den = images.deepinv_denoiser(prior)
+    xn = x + 0.3 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(den(xn, 0.3), prior.denoise(xn, 0.3).float(), atol=1e-6)
+    assert den.calls == 1
+
+
+def test_peak_memory_sees_a_large_allocation() -> None:
+    with cost.PeakMemory("cpu") as mem:
+        big = torch.ones(64 * 2**20 // 4)  # 64 MiB
+        big += 1
+    del big
+    if mem.mib is None:
+        pytest.skip("no /proc/self/statm here")
+    assert 48 < mem.mib < 200
+    assert cost.overhead(2.0, 10, 0.1) == pytest.approx(2.0)
+    assert cost.overhead(2.0, 0, 0.1) is None
+
+
+def test_plan_overrides_are_checked_and_recorded() -> None:
+    plan = images.override(images.plan_for("quick"), steps={"dps": 50}, seeds=[0, 1])
+    assert plan.steps["dps"] == (50,) and plan.seeds == (0, 1) and "--steps dps=50" in plan.notes
+    with pytest.raises(ValueError, match="unknown method 'nope'"):
+        images.override(plan, steps={"nope": 3})
+    with pytest.raises(ValueError, match="unknown test image"):
+        images.override(plan, images=["lena"])
+    full = images.plan_for("full")
+    assert full.steps["dps"][0] == 1000 and full.size is None and len(full.seeds) == 3
+
+
+def test_readme_block_is_replaced_between_markers(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n{report.README_BEGIN}\nold\n{report.README_END}\n\ntail\n", encoding="utf-8")
+    assert report.update_readme("new table", readme)
+    text = readme.read_text(encoding="utf-8")
+    assert "new table" in text and "old" not in text and text.endswith("tail\n")
+    assert not report.update_readme("x", tmp_path / "missing.md")
+
+
+def test_suite_runs_end_to_end_on_a_tiny_problem(tmp_path: Path) -> None:
+    pytest.importorskip("deepinv")
+    prior = GaussianPrior.smooth((1, 16, 16), length_scale=2.0, variance=0.04, mean=0.5)
+    x = prior.sample(1, generator=torch.Generator().manual_seed(0)).float().clamp(0, 1)
+    plan = images.Plan("quick", ("camera",), 16, (0,), 1, {"ddrm": (2,), "dps": (2,), "pigdm": (2,)},
+                       tv_iters=(3, 2), tv_lambdas=(1e-2, 1e-1), scaling=("ddrm", 2, (1, 2)), net_reps=1)  # fmt: skip
+    tasks = [t for t in images.TASKS if t.name in ("inpaint-random", "saturation")]
+    data = images.run_suite(plan, prior, {"camera": x}, tasks=tasks, figures_dir=tmp_path, log=lambda m: None)
+
+    rows = {(r["task"], r["family"], r["method"]): r for r in data["rows"]}
+    assert not [k for k, r in rows.items() if "error" in r]
+    for key in [("inpaint-random", f, m) for f in ("invdiff", "deepinv") for m in ("ddrm", "dps", "pigdm")]:
+        assert rows[key]["nfe"] == 2 and math.isfinite(rows[key]["psnr"])
+    assert ("saturation", "invdiff", "ddrm") not in rows and ("saturation", "deepinv", "dps") in rows
+    # the biharmonic row is the baseline computed directly on the same measurement
+    op = images.TASKS[0].build((1, 1, 16, 16), 0)
+    y = images.measure(op, x, images.SIGMA_Y, 0)
+    direct = psnr(baselines.biharmonic(op, y).clamp(0, 1), x).item()
+    assert rows[("inpaint-random", "classical", "biharmonic")]["psnr"] == pytest.approx(direct, abs=1e-9)
+    margin = next(m for m in data["margins"] if m["task"] == "inpaint-random" and m["method"] == "ddrm")
+    assert margin["margin_db"] == pytest.approx(rows[("inpaint-random", "invdiff", "ddrm")]["psnr"] - direct)
+    assert [r["samples"] for r in data["scaling"]["rows"]] == [1, 2]
+    assert len(data["dps_vs_deepinv"]) == 2 and data["load_average"]["start"] is not None
+
+    md = images.markdown(data)
+    assert "#### inpaint-random" in md and "2/1000 steps" in md and "1/3 seeds" in md
+    assert "inpaint-random" in images.headline(data)
+    assert (tmp_path / data["figures"]["saturation"]).stat().st_size > 1000
+    json.dumps(report._jsonable(data))  # everything is JSON-able
