@@ -191,7 +191,7 @@ def train_latent_cmd(
 @app.command()
 def demo(
     output: Path = typer.Option(Path("invdiff-demo"), "--output", "-o", help="Folder for the outputs."),
-    task: str = typer.Option("inpaint", help="inpaint (70% pixels missing) or sr (4x bicubic)."),
+    task: str = typer.Option("deblur", help="deblur (Gaussian, std 2), inpaint (70% pixels missing) or sr (4x bicubic)."),
     method: Optional[str] = typer.Option(None, help="Sampler (default ddrm)."),
     steps: Optional[int] = typer.Option(None, help="Noise levels (default: the method's)."),
     samples: int = typer.Option(4, help="Posterior samples (mean and std are over these)."),
@@ -205,7 +205,7 @@ def demo(
         m = run_demo(output, task=task, method=method, steps=steps, samples=samples, size=size, seed=seed)
     except ValueError as e:
         _fail(str(e))
-    base = next(k for k in ("biharmonic", "bicubic") if k in m)
+    base = next(k for k in ("wiener", "biharmonic", "bicubic") if k in m)
     typer.echo(
         f"{m['task']}: {m['method']} ({m['steps']} steps, {m['samples']} samples, {m['seconds']:.1f} s) "
         f"PSNR {m['restored']['psnr']:.2f} dB, SSIM {m['restored']['ssim']:.3f}; "

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from invdiff.cli import app
 from invdiff.datasets import TEST_IMAGES, TRAIN_PHOTOS, PatchSampler, dead_leaves, ellipse_phantom, load_test_image
+from invdiff.metrics import psnr
 from invdiff.priors import SHIPPED, UNet, UNetConfig, UNetPrior, load_prior, shipped_priors
 from invdiff.training import TrainConfig, edm_loss, train
 
@@ -227,15 +228,42 @@ def test_shipped_default_prior_loads_offline():
     assert err_out < 0.5 * err_in
 
 
-def test_demo_writes_outputs_and_metrics(tmp_path):
+@pytest.mark.parametrize("task, baseline", [("deblur", "wiener"), ("inpaint", "biharmonic")])
+def test_demo_writes_outputs_and_metrics(tmp_path, task, baseline):
     from invdiff.demo import run_demo
 
-    m = run_demo(tmp_path / "d", size=64, steps=3, samples=2)
-    for f in ("truth.png", "measurement.png", "restored.png", "std.png", "comparison.png", "sample_1.png"):
+    m = run_demo(tmp_path / "d", task=task, size=64, steps=3, samples=2)
+    for f in ("truth.png", "measurement.png", "restored.png", "std.png", "comparison.png", "sample_1.png",
+              f"baseline_{baseline}.png"):  # fmt: skip
         assert (tmp_path / "d" / f).is_file()
     saved = json.loads((tmp_path / "d" / "metrics.json").read_text())
     assert saved["restored"]["psnr"] == pytest.approx(m["restored"]["psnr"])
-    assert saved["nfe"] == 3 and 5 < saved["biharmonic"]["psnr"] < 60
+    assert saved["nfe"] == 3 and 5 < saved[baseline]["psnr"] < 60
+    assert saved["sigma_y"] == (0.02 if task == "deblur" else 0.01)
+
+
+def test_demo_wiener_baseline_is_tuned_against_the_truth():
+    """The oracle Wiener deconvolution beats the blurred measurement itself and its worst balance."""
+    from invdiff.demo import WIENER_BALANCES, _baseline
+    from invdiff.operators import Blur, Gaussian, gaussian_kernel
+
+    x = load_test_image("camera", size=64)
+    op = Blur(gaussian_kernel(2.0), padding="circular")
+    y = Gaussian(0.02).sample(op(x), generator=torch.Generator().manual_seed(0))
+    name, est = _baseline("deblur", y, op, x, None, 4)
+    assert name == "wiener" and est.shape == x.shape
+    assert psnr(est, x) > psnr(y.clamp(0, 1), x) + 0.5
+    from skimage.restoration import wiener
+
+    worst = wiener(y[0, 0].double().numpy(), op.kernel[0].double().numpy(), WIENER_BALANCES[0], clip=False)
+    assert psnr(est, x) > psnr(torch.from_numpy(worst).float()[None, None].clamp(0, 1), x)
+
+
+def test_demo_rejects_an_unknown_task(tmp_path):
+    from invdiff.demo import run_demo
+
+    with pytest.raises(ValueError, match="unknown demo task 'blur'; choose one of deblur, inpaint, sr"):
+        run_demo(tmp_path / "d", task="blur")
 
 
 def test_priors_cli_lists_and_describes():
