@@ -268,8 +268,10 @@ def _load_init(init_from: str | Path, cfg: TrainConfig, model, ema) -> dict:
     model.load_state_dict(start.model.state_dict())
     ema.load_state_dict(start.model.state_dict())
     done = start.config.get("training", {})
-    return {"source": str(init_from), "steps_done": int(done.get("steps_done", 0)),
-            "wall_seconds": float(done.get("wall_seconds", 0.0)), "command": done.get("command")}  # fmt: skip
+    # a prior that was itself fine-tuned carries its whole history in total_steps / total_wall_seconds
+    return {"source": str(init_from), "steps_done": int(done.get("total_steps", done.get("steps_done", 0))),
+            "wall_seconds": float(done.get("total_wall_seconds", done.get("wall_seconds", 0.0))),
+            "command": done.get("command")}  # fmt: skip
 
 
 def _export(out: Path, ema, base_config: dict, cfg: TrainConfig, step: int, wall: float, losses: list[float],

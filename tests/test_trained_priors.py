@@ -182,6 +182,11 @@ def test_train_init_from_starts_at_the_given_weights_and_records_them(tmp_path):
     assert info["initialised_from"]["source"] == str(tmp_path / "a")
     assert info["initialised_from"]["command"] == "first"
     assert info["total_steps"] == 4 and info["total_wall_seconds"] >= info["wall_seconds"]
+    # A chain of fine-tunings keeps the whole history: 2 + 2 + 2 steps.
+    train(tmp_path / "chain", cfg, progress=False, init_from=tmp_path / "c")
+    info_d = json.loads((tmp_path / "chain" / "config.json").read_text())["training"]
+    assert info_d["initialised_from"]["steps_done"] == 4 and info_d["total_steps"] == 6
+    assert info_d["total_wall_seconds"] >= info["total_wall_seconds"]
     other = TrainConfig(**{**cfg.__dict__, "unet": {**TINY.to_dict(), "channels": 16}})
     with pytest.raises(ValueError, match="has U-Net"):
         train(tmp_path / "d", other, progress=False, init_from=tmp_path / "a")
@@ -272,5 +277,5 @@ def test_priors_cli_lists_and_describes():
     assert "natural-gray" in r.output and "shipped" in r.output and "phantoms" in r.output
     r = CliRunner().invoke(app, ["priors", "natural-gray"])
     assert r.exit_code == 0 and "UNetPrior" in r.output and "trained" in r.output and "command:" in r.output
-    r = CliRunner().invoke(app, ["priors", "phantoms"])
+    r = CliRunner().invoke(app, ["priors", "natural-rgb"])
     assert r.exit_code == 2 and "has no weights" in r.output
