@@ -188,6 +188,11 @@ def train_latent_cmd(
                f"U-Net steps in {minutes:.1f} min, loss {info['final_loss']:.4f}; prior written to {output}")  # fmt: skip
 
 
+def default_prior(task: str | None) -> str:
+    """The shipped prior a task uses unless --prior says otherwise: phantoms for CT and MRI."""
+    return "phantoms" if task in ("ct", "mri") else "natural-gray"
+
+
 @app.command()
 def demo(
     output: Path = typer.Option(Path("invdiff-demo"), "--output", "-o", help="Folder for the outputs."),
@@ -233,7 +238,8 @@ def restore_cmd(
     mask_kind: MaskKind = None,
     coils: Coils = None,
     sigma_y: float = typer.Option(0.01, help="Measurement noise std (data units) used to simulate and restore."),
-    prior: str = typer.Option("natural-gray", help="Shipped prior name or a path."),
+    prior: Optional[str] = typer.Option(
+        None, help="Shipped prior name or a path (default: phantoms for --task ct/mri, else natural-gray)."),
     method: str = typer.Option("ddrm", help="Sampler: " + ", ".join(["ddrm", "dps", "pigdm", "ddnm", "diffpir",
                                                                       "repaint", "score_ald", "daps"])),
     steps: Optional[int] = typer.Option(None, help="Noise levels (default: the method's)."),
@@ -274,6 +280,7 @@ def restore_cmd(
         _fail(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if device.startswith("cuda") and not torch.cuda.is_available():
         _fail(f"--device {device} asked for, but torch sees no CUDA device; use --device cpu")
+    prior = prior or default_prior(task)
     try:
         p = load_prior(prior)
     except (ValueError, FileNotFoundError) as e:
@@ -365,7 +372,8 @@ def degrade(
     mask_kind: MaskKind = None,
     coils: Coils = None,
     sigma_y: float = typer.Option(0.01, help="Measurement noise std (data units)."),
-    prior: str = typer.Option("natural-gray", help="The prior you will restore with (sets padding and checks)."),
+    prior: Optional[str] = typer.Option(
+        None, help="The prior you will restore with (sets padding and checks; default as for restore)."),
     seed: int = typer.Option(0, help="Seed (per-file seeds derive from it and the file name)."),
     overwrite: bool = typer.Option(False, help="Redo files whose measurements already exist."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the summary line."),
@@ -378,6 +386,7 @@ def degrade(
                             filter=filter, angles=angles, arc=arc, dose=dose, acceleration=acceleration,
                             center_fraction=center_fraction, mask_kind=mask_kind, coils=coils)  # fmt: skip
     _check_window(window)
+    prior = prior or default_prior(task)
     try:
         p = load_prior(prior)
         report = degrade_files(inputs, output, task=task, task_options=options, prior=p, sigma_y=sigma_y,

@@ -244,3 +244,21 @@ def test_batch_size_restores_files_together_with_the_same_measurements(tmp_path)
         assert 5 < row["psnr"] < 60
     r = run(d, "--task", "inpaint", "-o", many, "--batch-size", "0", *FAST)
     assert r.exit_code == 2 and r.output.count("\n") == 1 and "--batch-size must be a positive integer" in r.output
+
+
+@pytest.mark.parametrize("task, expected", [("ct", "phantoms"), ("mri", "phantoms"), ("deblur", "natural-gray")])
+def test_restore_default_prior_follows_the_task(tmp_path, monkeypatch, task, expected):
+    import invdiff.priors
+
+    asked = []
+
+    def fake_load_prior(name, **options):
+        asked.append(name)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(invdiff.priors, "load_prior", fake_load_prior)
+    img = tmp_path / "a.png"
+    img.write_bytes(b"")  # never read: loading the prior comes first
+    r = CliRunner().invoke(app, ["restore", str(img), "--task", task, "-o", str(tmp_path / "o"), "--quiet"])
+    assert r.exit_code == 2 and "stop here" in r.output
+    assert asked == [expected]
