@@ -293,9 +293,13 @@ def test_pigdm_is_the_reference_vp_algorithm(sigma_y, op_kind):
         pigdm, prior, op, y, torch.tensor(LEVELS, dtype=F64), sigma_y=sigma_y, eta=eta, cg_iters=200, generator=gen(4)
     )
     A = dense_matrix(op, shape)
-    # The start: A^+ y + sigma_T n.
+    # The start: A^T (A A^T + lam I)^-1 y + sigma_T n, the reference's A^+ y regularised as the
+    # guidance is at sigma_T (lam = sigma_y^2 / r_T^2, floored at 1e-6; A^+ y when that is negligible).
     g = gen(4)
-    start = (y.reshape(2, -1) @ torch.linalg.pinv(A).mT).reshape(2, *shape) + LEVELS[0] * randn((2, *shape), g, like=y)
+    r2_T = LEVELS[0] ** 2 / (1 + 4 * LEVELS[0] ** 2)
+    lam0 = max(sigma_y**2 / r2_T, 1e-6)
+    ridge = A.T @ torch.linalg.inv(A @ A.T + lam0 * torch.eye(A.shape[0], dtype=F64))
+    start = (y.reshape(2, -1) @ ridge.mT).reshape(2, *shape) + LEVELS[0] * randn((2, *shape), g, like=y)
     torch.testing.assert_close(x_T, start, rtol=0, atol=1e-8)
     y_m = 2 * y - op(torch.ones(1, *shape, dtype=F64))
     xt = math.sqrt(ab(LEVELS[0])) * (2 * x_T - 1)
@@ -675,3 +679,18 @@ def test_ddrm_under_dispersion_as_measured():
     r = posterior_report(x, mean, cov)
     assert 0.38 < r["var_ratio_median"] < 0.62, r
     assert r["mean_err_rms_se"] > 3, r
+
+
+def test_pigdm_starts_stably_under_a_blur_with_near_zero_singulars():
+    """A Gaussian blur of std 2 has singulars down to ~1e-8: a plain A^+ y would start the chain at ~1e6."""
+    shape = (1, 16, 16)
+    op = Blur(gaussian_kernel(2.0, dtype=F64), padding="circular")
+    prior, x, y = problem(op, shape=shape, sigma_y=0.02)
+    assert float(op.singulars.min()) < 1e-6
+    levels = geometric_sigmas(10, 0.01, 40.0).to(F64)
+    out, x_T = capture_x_T(pigdm, prior, op, y, levels, sigma_y=0.02, generator=gen(0))
+    noise = levels[0] * randn(x.shape, gen(0), like=y)
+    assert (x_T - noise).abs().max() < 5  # the regularised A^+ y: about the image's size
+    assert torch.isfinite(out).all() and out.abs().max() < 10
+    # and it restores: closer to the truth than the blurred measurement is
+    assert (out - x).square().mean() < (y - x).square().mean()

@@ -85,8 +85,12 @@ def pigdm(
     s_list = check_sigmas(sigmas)
     sigma_y = check_sigma_y(sigma_y)
 
-    # x_T = A^+ y + sigma_T n, as the reference initialises (A^+ through the same solver, lam = 0).
-    x = ridge_adjoint_solve(op, y, 0.0, cg_iters=cg_iters) + s_list[0] * randn(op.x_shape(y), generator, like=y)
+    # x_T = A^+ y + sigma_T n, as the reference initialises, but with A^+ regularised like the
+    # guidance at sigma_T (lam = sigma_y^2 / r_T^2, at least 1e-6): a plain pseudoinverse divides
+    # the noise by singulars near zero (a Gaussian blur's reach 1e-8) and starts the chain at 1e6.
+    r2_first = float(s_list[0]) ** 2 / (1 + 4 * float(s_list[0]) ** 2)
+    lam0 = max(sigma_y**2 / r2_first, 1e-6)
+    x = ridge_adjoint_solve(op, y, lam0, cg_iters=cg_iters) + s_list[0] * randn(op.x_shape(y), generator, like=y)
     for i, (sigma, sigma_next) in enumerate(zip(s_list[:-1], s_list[1:])):
         r2 = sigma**2 / (1 + 4 * sigma**2)
 
