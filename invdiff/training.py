@@ -86,13 +86,32 @@ def _bf16_supported() -> bool:
         return False
 
 
-def _lr(cfg: TrainConfig, step: int) -> float:
-    lr = cfg.lr * min(1.0, (step + 1) / max(cfg.warmup_steps, 1))
-    start = int(cfg.steps * (1 - cfg.lr_decay_fraction))
-    if step > start and cfg.lr_decay_fraction > 0:
-        t = (step - start) / max(cfg.steps - start, 1)
+def lr_at(base: float, step: int, total: int, warmup: int, decay_fraction: float) -> float:
+    """Linear warm-up, constant, then a cosine decay to 10 % over the last ``decay_fraction`` of ``total``."""
+    lr = base * min(1.0, (step + 1) / max(warmup, 1))
+    start = int(total * (1 - decay_fraction))
+    if step > start and decay_fraction > 0:
+        t = (step - start) / max(total - start, 1)
         lr *= 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
     return lr
+
+
+def _lr(cfg: TrainConfig, step: int) -> float:
+    return lr_at(cfg.lr, step, cfg.steps, cfg.warmup_steps, cfg.lr_decay_fraction)
+
+
+@torch.no_grad()
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, step: int, halflife_steps: float, rampup: float) -> None:
+    """EMA of the weights whose half-life ramps up with the run (EDM): ``rampup * step``, capped at ``halflife_steps``."""
+    beta = 0.5 ** (1.0 / min(halflife_steps, max(step * rampup, 1.0)))
+    for pe, pm in zip(ema.parameters(), model.parameters()):
+        pe.lerp_(pm, 1 - beta)
+
+
+def machine_description() -> str:
+    """The machine and torch build a prior was trained on, for ``config.json``."""
+    return f"{platform.machine()} {platform.processor() or ''} torch {torch.__version__}, " \
+           f"{torch.get_num_threads()} threads".strip()  # fmt: skip
 
 
 def edm_loss(model, x0: torch.Tensor, cfg: TrainConfig, generator: torch.Generator) -> torch.Tensor:
@@ -219,12 +238,7 @@ def train(
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
             step += 1
-            # EMA with a half-life that ramps up with the run (EDM), capped at ema_halflife_steps.
-            halflife = min(cfg.ema_halflife_steps, max(step * cfg.ema_rampup, 1.0))
-            beta = 0.5 ** (1.0 / halflife)
-            with torch.no_grad():
-                for pe, pm in zip(ema.parameters(), model.parameters()):
-                    pe.lerp_(pm, 1 - beta)
+            ema_update(ema, model, step, cfg.ema_halflife_steps, cfg.ema_rampup)
             losses.append(loss.item())
             now = time.time()
             wall += now - t_last
@@ -302,8 +316,7 @@ def _export(out: Path, ema, base_config: dict, cfg: TrainConfig, step: int, wall
                 ),  # fmt: skip
                 "final_loss": float(np.mean(losses[-200:])) if losses else None,
                 "parameters": count_parameters(prior.model),
-                "machine": f"{platform.machine()} {platform.processor() or ''} torch {torch.__version__}, "
-                f"{torch.get_num_threads()} threads".strip(),
+                "machine": machine_description(),
                 "command": command or " ".join(shlex.quote(a) for a in sys.argv),
             }
         },
@@ -313,20 +326,26 @@ def _export(out: Path, ema, base_config: dict, cfg: TrainConfig, step: int, wall
 def save_sample_grid(prior: UNetPrior, path: str | Path, n: int = 16, size: int = 64, steps: int = 32,
                      seed: int = 0) -> None:  # fmt: skip
     """Write a grid of ``n`` unconditional samples (EDM Heun) as a PNG."""
-    from skimage import io
-
     from .samplers.heun import sample_prior
 
     g = torch.Generator().manual_seed(seed)
-    x = sample_prior(prior, (n, prior.channels, size, size), steps=steps, generator=g).clamp(0, 1)
+    write_grid(sample_prior(prior, (n, prior.channels, size, size), steps=steps, generator=g), path)
+
+
+def write_grid(x: torch.Tensor, path: str | Path) -> None:
+    """Write images ``x`` ``(N, C, S, S)`` in [0, 1] (clamped) as a square grid PNG with 2-pixel white gaps."""
+    from skimage import io
+
+    n, channels, size = x.shape[0], x.shape[1], x.shape[-1]
+    x = x.detach().clamp(0, 1).cpu()
     cols = int(math.ceil(math.sqrt(n)))
     rows = int(math.ceil(n / cols))
-    grid = torch.ones(prior.channels, rows * (size + 2), cols * (size + 2))
+    grid = torch.ones(channels, rows * (size + 2), cols * (size + 2))
     for i in range(n):
         r, c = divmod(i, cols)
         grid[:, r * (size + 2) : r * (size + 2) + size, c * (size + 2) : c * (size + 2) + size] = x[i]
     img = (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-    io.imsave(str(path), img[..., 0] if prior.channels == 1 else img, check_contrast=False)
+    io.imsave(str(path), img[..., 0] if channels == 1 else img, check_contrast=False)
 
 
 class _Progress:

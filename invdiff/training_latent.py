@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
-import platform
 import shlex
 import sys
 import time
@@ -42,7 +40,7 @@ import torch
 from .datasets import TEST_IMAGES, TRAIN_PHOTOS, PatchSampler
 from .priors.latent import AutoencoderConfig, KLAutoencoder, LatentPrior, LatentUNetPrior
 from .priors.unet import UNetConfig, count_parameters
-from .training import _Progress
+from .training import _Progress, ema_update, lr_at, machine_description, write_grid
 
 
 @dataclass
@@ -78,16 +76,6 @@ class LatentTrainConfig:
     sigma_data: float = 1.0
     ema_halflife_steps: int = 500
     ema_rampup: float = 0.1
-
-
-def _lr(base: float, step: int, total: int, warmup: int, decay_fraction: float) -> float:
-    """Linear warm-up, constant, then a cosine decay to 10 % over the last ``decay_fraction`` of ``total``."""
-    lr = base * min(1.0, (step + 1) / max(warmup, 1))
-    start = int(total * (1 - decay_fraction))
-    if step > start and decay_fraction > 0:
-        t = (step - start) / max(total - start, 1)
-        lr *= 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
-    return lr
 
 
 def autoencoder_loss(
@@ -233,7 +221,7 @@ def train_latent(
             t_last = time.time()
             while step < cfg.ae_steps:
                 for g in ae_opt.param_groups:
-                    g["lr"] = _lr(cfg.ae_lr, step, cfg.ae_steps, cfg.warmup_steps, cfg.lr_decay_fraction)
+                    g["lr"] = lr_at(cfg.ae_lr, step, cfg.ae_steps, cfg.warmup_steps, cfg.lr_decay_fraction)
                 loss, info = autoencoder_loss(ae, sampler(cfg.ae_batch_size), cfg, gen)
                 ae_opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -280,7 +268,7 @@ def train_latent(
             with torch.no_grad():
                 z0 = (ae.encode(sampler(cfg.batch_size)) - shift) * scale
             for g in opt.param_groups:
-                g["lr"] = _lr(cfg.lr, step, cfg.steps, cfg.warmup_steps, cfg.lr_decay_fraction)
+                g["lr"] = lr_at(cfg.lr, step, cfg.steps, cfg.warmup_steps, cfg.lr_decay_fraction)
             loss = latent_edm_loss(model, z0, cfg, gen)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -290,11 +278,7 @@ def train_latent(
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
             step += 1
-            # EMA whose half-life ramps up with the run (EDM), capped at ema_halflife_steps.
-            beta = 0.5 ** (1.0 / min(cfg.ema_halflife_steps, max(step * cfg.ema_rampup, 1.0)))
-            with torch.no_grad():
-                for pe, pm in zip(ema.parameters(), model.parameters()):
-                    pe.lerp_(pm, 1 - beta)
+            ema_update(ema, model, step, cfg.ema_halflife_steps, cfg.ema_rampup)
             losses.append(loss.item())
             now = time.time()
             wall["latent_unet"] += now - t_last
@@ -341,8 +325,7 @@ def _provenance(cfg: LatentTrainConfig, prior: LatentPrior, step: int, wall: dic
         "final_loss": float(np.mean(losses[-200:])) if losses else None,
         "parameters": {"autoencoder": count_parameters(prior.autoencoder),
                        "latent_unet": count_parameters(prior.latent_prior.model)},  # fmt: skip
-        "machine": f"{platform.machine()} {platform.processor() or ''} torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads".strip(),
+        "machine": machine_description(),
         "command": command or " ".join(shlex.quote(a) for a in sys.argv),
     }
 
@@ -350,22 +333,12 @@ def _provenance(cfg: LatentTrainConfig, prior: LatentPrior, step: int, wall: dic
 def save_latent_samples(prior: LatentPrior, path: str | Path, n: int = 16, size: int = 64, steps: int = 32,
                         seed: int = 0) -> None:  # fmt: skip
     """Write a grid of ``n`` unconditional samples (EDM Heun in latent space, then decoded) as a PNG."""
-    from skimage import io
-
     from .samplers.heun import sample_prior
 
     g = torch.Generator().manual_seed(seed)
     z = sample_prior(prior.latent_prior, prior.latent_shape((n, prior.channels, size, size)), steps=steps, generator=g)
     with torch.no_grad():
-        x = prior.decode(z).clamp(0, 1)
-    cols = int(math.ceil(math.sqrt(n)))
-    rows = int(math.ceil(n / cols))
-    grid = torch.ones(prior.channels, rows * (size + 2), cols * (size + 2))
-    for i in range(n):
-        r, c = divmod(i, cols)
-        grid[:, r * (size + 2) : r * (size + 2) + size, c * (size + 2) : c * (size + 2) + size] = x[i]
-    img = (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-    io.imsave(str(path), img[..., 0] if prior.channels == 1 else img, check_contrast=False)
+        write_grid(prior.decode(z), path)
 
 
 __all__ = ["LatentTrainConfig", "train_latent", "autoencoder_loss", "latent_edm_loss", "latent_statistics",
