@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import Prior, as_sigma, karras_sigmas
-from .trained import EDMPrecond
+from .trained import EDMPrecond, read_folder, write_folder
 from .unet import UNet, UNetConfig, _norm
 
 __all__ = [
@@ -334,8 +334,6 @@ class LatentPrior(Prior):
         the size); the autoencoder's always as float32 (it is small, and its
         decoder's output is what the user sees).
         """
-        from safetensors.torch import save_file
-
         if not isinstance(self.autoencoder, KLAutoencoder) or not isinstance(self.latent_prior, LatentUNetPrior):
             raise ValueError("only a KLAutoencoder with a LatentUNetPrior can be saved as an invdiff latent prior folder")
         path = Path(path)
@@ -346,13 +344,9 @@ class LatentPrior(Prior):
                   "weights_dtype": {"autoencoder": "float32", "denoiser": str(dtype).replace("torch.", "")}}  # fmt: skip
         if extra:
             config.update(extra)
-        state = {f"autoencoder.{k}": v.detach().float().contiguous().cpu() for k, v in self.autoencoder.state_dict().items()}
-        state.update({f"denoiser.{k}": v.detach().to(dtype).contiguous().cpu()
-                      for k, v in self.latent_prior.model.state_dict().items()})  # fmt: skip
-        tmp = path / "model.safetensors.tmp"
-        save_file(state, str(tmp))
-        tmp.replace(path / "model.safetensors")
-        (path / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        state = {f"autoencoder.{k}": v.detach().float() for k, v in self.autoencoder.state_dict().items()}
+        state.update({f"denoiser.{k}": v.detach().to(dtype) for k, v in self.latent_prior.model.state_dict().items()})
+        write_folder(path, config, state)
 
     @classmethod
     def from_config(cls, config: dict, state: dict[str, Tensor] | None = None) -> "LatentPrior":
@@ -382,18 +376,7 @@ class LatentPrior(Prior):
     @classmethod
     def from_folder(cls, path: str | Path) -> "LatentPrior":
         """Load ``config.json`` + ``model.safetensors`` written by :meth:`save`."""
-        from safetensors.torch import load_file
-
-        path = Path(path)
-        cfg_file, weights = path / "config.json", path / "model.safetensors"
-        for f in (cfg_file, weights):
-            if not f.is_file():
-                raise FileNotFoundError(f"{f} not found: a latent prior folder holds config.json and model.safetensors")
-        try:
-            config = json.loads(cfg_file.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{cfg_file} is not valid JSON: {e}") from None
-        return cls.from_config(config, load_file(str(weights)))
+        return cls.from_config(*read_folder(path, "a latent prior folder"))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -110,17 +110,8 @@ class UNetPrior(Prior):
     @classmethod
     def from_folder(cls, path: str | Path) -> "UNetPrior":
         """Load ``model.safetensors`` + ``config.json`` from a folder."""
-        from safetensors.torch import load_file
-
-        path = Path(path)
-        cfg_file, weights = path / "config.json", path / "model.safetensors"
-        for f in (cfg_file, weights):
-            if not f.is_file():
-                raise FileNotFoundError(f"{f} not found: a trained prior folder holds config.json and model.safetensors")
-        config = json.loads(cfg_file.read_text())
-        state = load_file(str(weights))
-        state = {k: v.float() for k, v in state.items()}
-        return cls(config, state)
+        config, state = read_folder(path, "a trained prior folder")
+        return cls(config, {k: v.float() for k, v in state.items()})
 
     def save(self, path: str | Path, extra: dict | None = None, dtype: torch.dtype = torch.float16) -> None:
         """Write ``model.safetensors`` (weights stored as ``dtype``) + ``config.json`` into ``path``.
@@ -129,8 +120,6 @@ class UNetPrior(Prior):
         output changes by ~1e-4, far below any noise level it is used at) and
         loaded back as float32.
         """
-        from safetensors.torch import save_file
-
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         config = dict(self.config)
@@ -139,11 +128,33 @@ class UNetPrior(Prior):
         config["weights_dtype"] = str(dtype).replace("torch.", "")
         if extra:
             config.update(extra)
-        state = {k: v.detach().to(dtype).contiguous().cpu() for k, v in self.model.state_dict().items()}
-        tmp = path / "model.safetensors.tmp"
-        save_file(state, str(tmp))
-        tmp.replace(path / "model.safetensors")
-        (path / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        write_folder(path, config, {k: v.detach().to(dtype) for k, v in self.model.state_dict().items()})
+
+
+def read_folder(path: str | Path, what: str) -> tuple[dict, dict[str, Tensor]]:
+    """``config.json`` and the tensors of ``model.safetensors`` in ``path`` (``what``: the folder, for errors)."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    cfg_file, weights = path / "config.json", path / "model.safetensors"
+    for f in (cfg_file, weights):
+        if not f.is_file():
+            raise FileNotFoundError(f"{f} not found: {what} holds config.json and model.safetensors")
+    try:
+        config = json.loads(cfg_file.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{cfg_file} is not valid JSON: {e}") from None
+    return config, load_file(str(weights))
+
+
+def write_folder(path: Path, config: dict, state: dict[str, Tensor]) -> None:
+    """Write ``state`` as ``model.safetensors`` (atomically) and ``config`` as ``config.json`` into ``path``."""
+    from safetensors.torch import save_file
+
+    tmp = path / "model.safetensors.tmp"
+    save_file({k: v.contiguous().cpu() for k, v in state.items()}, str(tmp))
+    tmp.replace(path / "model.safetensors")
+    (path / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
 def edm_sigma_range(sigma_min_m: float = 0.002, sigma_max_m: float = 80.0) -> tuple[float, float]:
