@@ -2,7 +2,7 @@
 
 Images (64x64, real, values in [0, 1]): scikit-image's Shepp-Logan phantom and
 random-ellipse phantoms drawn with seeds the training never uses (the images of
-the CT benchmark, ``benchmarks.ct.test_images``).  Masks: fastMRI-style random
+the CT benchmark, ``benchmarks.medical.test_images``).  Masks: fastMRI-style random
 column masks (``mri_mask``) at acceleration 4 with centre fraction 0.08 and at
 8 with 0.04 (fastMRI's pairs), one mask per set-up, the same for every image.
 Single coil: ``MRI`` (real image, exact SVD).  Multi-coil: ``MultiCoilMRI`` with
@@ -28,7 +28,6 @@ how many.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,17 +35,29 @@ import torch
 from torch import Tensor
 
 from invdiff import METHODS, restore
-from invdiff.metrics import psnr, ssim
 from invdiff.mri import tv_reconstruction
 from invdiff.operators import MRI, MultiCoilMRI, birdcage_sensitivities, mri_mask
 
 from . import report
-from .ct import HELD_OUT_SEED, VALIDATION_SEED, phantom, test_images
+from .medical import (
+    HELD_OUT_SEED,
+    SIZE,
+    TABLE_HEADERS,
+    VALIDATION_SEED,
+    Recorder,
+    best_weight,
+    describe_prior,
+    finish,
+    generated_by,
+    phantom,
+    prior_summary,
+    table_rows,
+    test_images,
+)
 
 NAME = "mri"
 TITLE = "MRI: single- and multi-coil Cartesian reconstruction at 4x and 8x"
 
-SIZE = 64
 SIGMA_Y = 0.01  # std of the noise on each measured k-space value (image units)
 COILS = 4
 #: set-up -> (coils, acceleration, centre fraction)
@@ -83,19 +94,12 @@ def measure(op: MRI | MultiCoilMRI, x: Tensor, seed: int) -> Tensor:
     return ax + SIGMA_Y * mask * torch.randn(ax.shape, generator=g, dtype=ax.dtype).to(ax.device)
 
 
-def scores(x_hat: Tensor, x: Tensor) -> dict[str, list[float]]:
-    """Per-image PSNR and SSIM of ``x_hat`` clipped to [0, 1]."""
-    x_hat = x_hat.clamp(0, 1)
-    return {"psnr": psnr(x_hat, x).tolist(), "ssim": ssim(x_hat, x).tolist()}
-
-
 def choose_tv_lambda(setup: str, seed: int) -> tuple[float, dict[str, float]]:
     """The TV weight of ``TV_LAMBDAS`` with the best PSNR on the validation phantom."""
     op = operator(setup, seed)
     x = phantom(VALIDATION_SEED)
     y = measure(op, x, seed + 1)
-    found = {lam: float(psnr(tv_reconstruction(y, op, lam, iters=TV_ITERS).clamp(0, 1), x)[0]) for lam in TV_LAMBDAS}
-    return max(found, key=found.get), found
+    return best_weight(lambda lam: tv_reconstruction(y, op, lam, iters=TV_ITERS), x, TV_LAMBDAS)
 
 
 def run_setup(setup: str, x: Tensor, prior, mode: str, seed: int, device: torch.device) -> dict[str, Any]:
@@ -103,90 +107,37 @@ def run_setup(setup: str, x: Tensor, prior, mode: str, seed: int, device: torch.
     steps = MODES[mode]["steps"]
     op = operator(setup, seed).to(device)
     y = measure(op, x, seed)
-    rows: list[dict[str, Any]] = []
-    images: dict[str, Tensor] = {}
-
-    def add(method: str, x_hat: Tensor, seconds: float, **extra: Any) -> None:
-        images[method] = x_hat.clamp(0, 1).cpu()
-        rows.append({"setup": setup, "method": method, "seconds": seconds, **scores(x_hat, x), **extra})
-
-    t = time.perf_counter()
-    add("zero-filled", op.adjoint(y), time.perf_counter() - t)
+    rec = Recorder(setup, x)
+    rec.timed("zero-filled", lambda: op.adjoint(y))
     lam, tried = choose_tv_lambda(setup, seed)
-    t = time.perf_counter()
-    add("tv", tv_reconstruction(y, op, lam, iters=TV_ITERS), time.perf_counter() - t, lam=lam, lam_validation=tried,
-        iters=TV_ITERS)  # fmt: skip
+    rec.timed("tv", lambda: tv_reconstruction(y, op, lam, iters=TV_ITERS), lam=lam, lam_validation=tried,
+              iters=TV_ITERS)  # fmt: skip
     for method in METHOD_ORDER:
         if method == "ddrm" and not getattr(op, "has_svd", False):
             continue  # multi-coil: no SVD
         knobs = {"zeta": DPS_GUIDANCE / steps[method]} if method == "dps" else {}
         r = restore(y, op, prior, method=method, steps=steps[method], sigma_y=SIGMA_Y, seed=seed, **knobs)
-        add(method, r.mean, r.seconds, steps=r.steps, default_steps=METHODS[method].steps, nfe=r.nfe, knobs=knobs)
-        print(f"  {setup} {method}: PSNR {np.mean(rows[-1]['psnr']):.2f} dB, {r.seconds:.0f} s", flush=True)
+        rec.add(method, r.mean, r.seconds, steps=r.steps, default_steps=METHODS[method].steps, nfe=r.nfe, knobs=knobs)
+        print(f"  {setup} {method}: PSNR {np.mean(rec.rows[-1]['psnr']):.2f} dB, {r.seconds:.0f} s", flush=True)
     coils, acceleration, center_fraction = SETUPS[setup]
     measured = float(op.mask[0, 0, 0].sum()) / SIZE
     return {"setup": setup, "coils": coils, "acceleration": acceleration, "center_fraction": center_fraction,
-            "measured_fraction": measured, "rows": rows, "images": images}  # fmt: skip
-
-
-def figure(results: list[dict[str, Any]], x: Tensor, names: list[str], path: Path) -> Path:
-    """One row per (set-up, image); columns: truth and each method, PSNR in the corner."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    methods = [r["method"] for r in results[0]["rows"]]  # single coil first: has every method
-    rows = [(res, i) for res in results for i in range(x.shape[0])]
-    fig, axes = plt.subplots(len(rows), len(methods) + 1, figsize=(1.5 * (len(methods) + 1), 1.6 * len(rows)))
-    axes = np.atleast_2d(axes)
-    for r, (res, i) in enumerate(rows):
-        found = {row["method"]: row for row in res["rows"]}
-        panels = [("truth", x[i, 0], None)] + [
-            (m, res["images"][m][i, 0] if m in found else None, found[m]["psnr"][i] if m in found else None)
-            for m in methods
-        ]
-        for c, (label, img, value) in enumerate(panels):
-            ax = axes[r, c]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if img is not None:
-                ax.imshow(img.numpy(), cmap="gray", vmin=0, vmax=1)
-            else:
-                ax.text(0.5, 0.5, "needs\nan SVD", ha="center", va="center", fontsize=7, transform=ax.transAxes)
-            if r == 0:
-                ax.set_title(label, fontsize=8)
-            if value is not None:
-                ax.text(1, SIZE - 2, f"{value:.1f} dB", color="yellow", fontsize=6)
-            if c == 0:
-                ax.set_ylabel(f"{res['setup']}\n{names[i]}", fontsize=7)
-    fig.tight_layout(pad=0.2)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def _mean(v: list[float]) -> float:
-    return float(sum(v) / len(v))
+            "measured_fraction": measured, "rows": rec.rows, "images": rec.images}  # fmt: skip
 
 
 def markdown(data: dict[str, Any]) -> str:
-    prior = data["prior"]
-    trained = f", {prior['steps_done']} training steps" if prior.get("steps_done") is not None else ""
     lines = [
         f"## {TITLE}",
         "",
-        f"Generated by `python -m benchmarks mri --{data['mode']}"
-        + (f" --prior {prior['name']}" if prior["name"] != "phantoms" else "")
-        + f"` ({data['mode']} mode, {data['total_seconds']:.0f} s in all). {report.describe_machine(data['machine'])}",
+        generated_by(NAME, data),
         "",
         f"{SIZE}x{SIZE} real images: Shepp-Logan (scikit-image) and {data['n_phantoms']} held-out random-ellipse "
         f"phantom(s) (seeds {HELD_OUT_SEED}..{HELD_OUT_SEED + data['n_phantoms'] - 1}). fastMRI-style random column "
         "masks, one per set-up (acceleration 4 with centre fraction 0.08, 8 with 0.04; measured fraction in the "
         f"set-up column). Single coil: `MRI` (exact SVD). Multi-coil: `MultiCoilMRI`, {COILS} simulated birdcage "
         "coils, maps given. Gaussian noise of std "
-        f"{SIGMA_Y} on each measured k-space value. Prior: `{prior['name']}`, {prior['description']} "
-        f"({prior['parameters'] / 1e6:.2f}M parameters{trained}). One posterior sample per image (seed "
+        f"{SIGMA_Y} on each measured k-space value. Prior: {describe_prior(data['prior'])}. One posterior sample "
+        "per image (seed "
         f"{data['seed']}). PSNR/SSIM on [0, 1] after clipping. Zero-filled: the adjoint `A^T y`. TV: weight chosen "
         f"from {', '.join(f'{v:g}' for v in TV_LAMBDAS)} on a validation phantom (seed {VALIDATION_SEED}), "
         f"{TV_ITERS} FISTA iterations. DDRM needs the SVD, so it runs on single coil only; PiGDM uses conjugate "
@@ -195,25 +146,14 @@ def markdown(data: dict[str, Any]) -> str:
         "run (method default in brackets); seconds: wall time for all images together.",
         "",
     ]
-    headers = ["set-up", "method", "steps", "NFE", "PSNR Shepp-Logan", "PSNR phantoms", "SSIM Shepp-Logan",
-               "SSIM phantoms", "seconds"]  # fmt: skip
-    rows = []
-    for res in data["setups"]:
-        label = f"{res['setup']} ({res['measured_fraction']:.3f} measured)"
-        for row in res["rows"]:
-            steps = "—" if "steps" not in row else (
-                f"{row['steps']}" if row["steps"] == row["default_steps"] else f"{row['steps']} [{row['default_steps']}]"
-            )
-            rows.append([label, row["method"] + (f" (lambda {row['lam']:g})" if "lam" in row else ""), steps,
-                         row.get("nfe"), row["psnr"][0], _mean(row["psnr"][1:]), row["ssim"][0],
-                         _mean(row["ssim"][1:]), row["seconds"]])  # fmt: skip
-    lines += [report.markdown_table(headers, rows), "", f"![MRI reconstructions](results/{NAME}.png)"]
+    rows = table_rows(data["setups"], lambda res: f"{res['setup']} ({res['measured_fraction']:.3f} measured)")
+    lines += [report.markdown_table(TABLE_HEADERS, rows), "", f"![MRI reconstructions](results/{NAME}.png)"]
     return "\n".join(lines)
 
 
 def run(mode: str = "quick", device: str = "cpu", seed: int = 0, prior: str = "phantoms") -> dict[str, Any]:
     """Run the benchmark and write ``results/mri.json``, ``results/mri.md`` and ``results/mri.png``."""
-    from invdiff.priors import SHIPPED, load_prior
+    from invdiff.priors import load_prior
 
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -226,8 +166,6 @@ def run(mode: str = "quick", device: str = "cpu", seed: int = 0, prior: str = "p
     for setup in MODES[mode]["setups"]:
         print(f"{setup}:", flush=True)
         results.append(run_setup(setup, x, p, mode, seed, dev))
-    config = getattr(p, "config", {}) or {}
-    training = config.get("training", {}) if isinstance(config, dict) else {}
     data = {
         "mode": mode,
         "seed": seed,
@@ -236,14 +174,8 @@ def run(mode: str = "quick", device: str = "cpu", seed: int = 0, prior: str = "p
         "n_phantoms": MODES[mode]["phantoms"],
         "images": names,
         "steps": MODES[mode]["steps"],
-        "prior": {"name": prior, "description": SHIPPED.get(prior, "a prior folder"),
-                  "parameters": sum(q.numel() for q in p.parameters()), "steps_done": training.get("steps_done")},
+        "prior": prior_summary(prior, p),
         "setups": [{k: v for k, v in r.items() if k != "images"} for r in results],
         "machine": report.machine(dev),
     }
-    report.RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    figure(results, x.cpu(), names, report.RESULTS_DIR / f"{NAME}.png")
-    data["total_seconds"] = time.perf_counter() - t0
-    report.write_json(NAME, data)
-    report.write_section(NAME, markdown(data))
-    return data
+    return finish(NAME, data, results, x, names, markdown, t0)
