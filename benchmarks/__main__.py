@@ -23,69 +23,50 @@ def _steps(text: str) -> tuple[str, int]:
     return name, n
 
 
+def _mode(p: argparse.ArgumentParser, quick: str, full: str | None = None) -> None:
+    """``--quick`` (the default) / ``--full`` with what each runs, and ``--device``."""
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--quick", dest="mode", action="store_const", const="quick", help=f"{quick} (default)")
+    group.add_argument("--full", dest="mode", action="store_const", const="full", help=full)
+    p.set_defaults(mode="quick")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+
+
 def parser() -> argparse.ArgumentParser:
     """The ``benchmarks`` argument parser, one sub-command per benchmark."""
     p = argparse.ArgumentParser(prog="python -m benchmarks", description="Run an invdiff benchmark.")
     sub = p.add_subparsers(dest="benchmark", required=True)
     post = sub.add_parser("posterior", help="every sampler against the exact posterior of analytic priors")
-    mode = post.add_mutually_exclusive_group()
-    mode.add_argument("--quick", dest="mode", action="store_const", const="quick", help="256 samples (default)")
-    mode.add_argument("--full", dest="mode", action="store_const", const="full", help="1000 samples")
-    post.set_defaults(mode="quick")
-    post.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+    _mode(post, "256 samples", "1000 samples")
     post.add_argument("--seed", type=int, default=0, help="seed of the problems and the samplers (default 0)")
     post.add_argument(
         "--steps", type=_steps, action="append", default=[], metavar="METHOD=N",
         help="run METHOD with N noise levels instead of its default (marked in the table); repeatable",
     )
     ct = sub.add_parser("ct", help="sparse-view and limited-angle CT: diffusion samplers against FBP and TV")
-    ct_mode = ct.add_mutually_exclusive_group()
-    ct_mode.add_argument("--quick", dest="mode", action="store_const", const="quick",
-                         help="3 images, 2 set-ups, reduced steps (default)")  # fmt: skip
-    ct_mode.add_argument("--full", dest="mode", action="store_const", const="full",
-                         help="9 images, 3 set-ups, default steps")  # fmt: skip
-    ct.set_defaults(mode="quick")
-    ct.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+    _mode(ct, "3 images, 2 set-ups, reduced steps", "9 images, 3 set-ups, default steps")
     ct.add_argument("--seed", type=int, default=0, help="seed of the noise and the samplers (default 0)")
     ct.add_argument("--prior", default="phantoms", help="shipped prior name or prior folder (default phantoms)")
     mri = sub.add_parser("mri", help="single- and multi-coil MRI at 4x and 8x: samplers against zero-filled and TV")
-    mri_mode = mri.add_mutually_exclusive_group()
-    mri_mode.add_argument("--quick", dest="mode", action="store_const", const="quick",
-                          help="Shepp-Logan and 1 phantom, 4 set-ups, reduced steps (default)")  # fmt: skip
-    mri_mode.add_argument("--full", dest="mode", action="store_const", const="full",
-                          help="Shepp-Logan and 8 phantoms, 4 set-ups, default steps")  # fmt: skip
-    mri.set_defaults(mode="quick")
-    mri.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+    _mode(mri, "Shepp-Logan and 1 phantom, 4 set-ups, reduced steps",
+          "Shepp-Logan and 8 phantoms, 4 set-ups, default steps")
     mri.add_argument("--seed", type=int, default=0, help="seed of the masks, the noise and the samplers (default 0)")
     mri.add_argument("--prior", default="phantoms", help="shipped prior name or prior folder (default phantoms)")
     img = sub.add_parser("images", help="natural-image tasks: invdiff and deepinv samplers against classical baselines")
-    img_mode = img.add_mutually_exclusive_group()
-    img_mode.add_argument("--quick", dest="mode", action="store_const", const="quick",
-                          help="camera 128x128, 1 seed, reduced steps (default)")  # fmt: skip
-    img_mode.add_argument("--full", dest="mode", action="store_const", const="full",
-                          help="3 images at full size, 3 seeds, default and reduced steps")  # fmt: skip
-    img.set_defaults(mode="quick")
-    img.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+    _mode(img, "camera 128x128, 1 seed, reduced steps",
+          "3 images at full size, 3 seeds, default and reduced steps")
     img.add_argument("--steps", type=_steps, action="append", default=[], metavar="METHOD=N",
                      help="run METHOD (and deepinv's namesake) with N steps only (marked in the tables); repeatable")  # fmt: skip
     img.add_argument("--images", default=None, help="comma-separated test images, e.g. camera,coffee")
     img.add_argument("--size", type=int, default=None, help="centred crop side in pixels (quick: 128)")
     img.add_argument("--seeds", default=None, help="comma-separated seeds, e.g. 0,1,2")
     lat = sub.add_parser("latent", help="latent DPS and PSLD (latent-gray) beside pixel DPS (natural-gray)")
-    lat_mode = lat.add_mutually_exclusive_group()
-    lat_mode.add_argument("--quick", dest="mode", action="store_const", const="quick", help="100 steps (default)")
-    lat_mode.add_argument("--full", dest="mode", action="store_const", const="full", help="1000 steps")
-    lat.set_defaults(mode="quick")
+    _mode(lat, "100 steps", "1000 steps")
     lat.add_argument("--steps", type=int, default=None, help="noise levels for every method (overrides the mode)")
     lat.add_argument("--zeta-scale", type=float, default=None, help="factor on the step sizes (default 1000/steps)")
     lat.add_argument("--seed", type=int, default=0, help="seed of the measurement and the samplers (default 0)")
-    lat.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     every = sub.add_parser("all", help="every benchmark above in turn: regenerates every committed number and figure")
-    every_mode = every.add_mutually_exclusive_group()
-    every_mode.add_argument("--quick", dest="mode", action="store_const", const="quick", help="(default)")
-    every_mode.add_argument("--full", dest="mode", action="store_const", const="full")
-    every.set_defaults(mode="quick")
-    every.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+    _mode(every, "every suite's quick mode", "every suite's full mode")
     return p
 
 
@@ -127,18 +108,12 @@ def main(argv: Sequence[str] | None = None) -> None:
             latent.run(args.mode, steps=args.steps, zeta_scale=args.zeta_scale, seed=args.seed, device=args.device)
         except (ValueError, FileNotFoundError) as e:
             raise SystemExit(f"error: {e}") from None
-    elif args.benchmark == "mri":
-        from . import mri
+    elif args.benchmark in ("ct", "mri"):
+        import importlib
 
+        suite = importlib.import_module(f".{args.benchmark}", __package__)
         try:
-            mri.run(args.mode, device=args.device, seed=args.seed, prior=args.prior)
-        except (ValueError, FileNotFoundError) as e:
-            raise SystemExit(f"error: {e}") from None
-    elif args.benchmark == "ct":
-        from . import ct
-
-        try:
-            ct.run(args.mode, device=args.device, seed=args.seed, prior=args.prior)
+            suite.run(args.mode, device=args.device, seed=args.seed, prior=args.prior)
         except (ValueError, FileNotFoundError) as e:
             raise SystemExit(f"error: {e}") from None
 
