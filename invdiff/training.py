@@ -108,6 +108,29 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, step: int, halflife
         pe.lerp_(pm, 1 - beta)
 
 
+def optimiser_step(opt: torch.optim.Optimizer, loss: torch.Tensor, lr: float, grad_clip: float) -> None:
+    """One Adam step on ``loss`` at ``lr``: non-finite gradients zeroed (a rare spike must not poison the
+    weights), the gradient norm clipped to ``grad_clip``."""
+    params = [p for g in opt.param_groups for p in g["params"]]
+    for g in opt.param_groups:
+        g["lr"] = lr
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    for p in params:
+        if p.grad is not None:
+            torch.nan_to_num_(p.grad, nan=0.0, posinf=0.0, neginf=0.0)
+    torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    opt.step()
+
+
+def write_log(log, rec: dict, on_log: Callable[[dict], None] | None) -> None:
+    """Append ``rec`` to the run's ``log.jsonl`` (flushed, so a killed run keeps it) and pass it to ``on_log``."""
+    log.write(json.dumps(rec) + "\n")
+    log.flush()
+    if on_log:
+        on_log(rec)
+
+
 def machine_description() -> str:
     """The machine and torch build a prior was trained on, for ``config.json``."""
     return f"{platform.machine()} {platform.processor() or ''} torch {torch.__version__}, " \
@@ -227,16 +250,8 @@ def train(
     try:
         while step < cfg.steps:
             x0 = sampler(cfg.batch_size).contiguous(memory_format=torch.channels_last)
-            for g in opt.param_groups:
-                g["lr"] = _lr(cfg, step)
             loss = edm_loss(model, x0, cfg, gen)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            for p in model.parameters():  # guard against a rare non-finite gradient
-                if p.grad is not None:
-                    torch.nan_to_num_(p.grad, nan=0.0, posinf=0.0, neginf=0.0)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
+            optimiser_step(opt, loss, _lr(cfg, step), cfg.grad_clip)
             step += 1
             ema_update(ema, model, step, cfg.ema_halflife_steps, cfg.ema_rampup)
             losses.append(loss.item())
@@ -245,10 +260,7 @@ def train(
             t_last = now
             if step % 50 == 0:
                 rec = {"step": step, "loss": float(np.mean(losses[-50:])), "lr": _lr(cfg, step), "wall": round(wall, 1)}
-                log.write(json.dumps(rec) + "\n")
-                log.flush()
-                if on_log:
-                    on_log(rec)
+                write_log(log, rec, on_log)
             bar.update(step, float(np.mean(losses[-50:])))
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 save_checkpoint()

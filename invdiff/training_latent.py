@@ -40,7 +40,7 @@ import torch
 from .datasets import TEST_IMAGES, TRAIN_PHOTOS, PatchSampler
 from .priors.latent import AutoencoderConfig, KLAutoencoder, LatentPrior, LatentUNetPrior
 from .priors.unet import UNetConfig, count_parameters
-from .training import _Progress, ema_update, lr_at, machine_description, write_grid
+from .training import _Progress, ema_update, lr_at, machine_description, optimiser_step, write_grid, write_log
 
 
 @dataclass
@@ -220,13 +220,9 @@ def train_latent(
             parts: list[dict] = []
             t_last = time.time()
             while step < cfg.ae_steps:
-                for g in ae_opt.param_groups:
-                    g["lr"] = lr_at(cfg.ae_lr, step, cfg.ae_steps, cfg.warmup_steps, cfg.lr_decay_fraction)
                 loss, info = autoencoder_loss(ae, sampler(cfg.ae_batch_size), cfg, gen)
-                ae_opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(ae.parameters(), cfg.grad_clip)
-                ae_opt.step()
+                optimiser_step(ae_opt, loss, lr_at(cfg.ae_lr, step, cfg.ae_steps, cfg.warmup_steps,
+                                                   cfg.lr_decay_fraction), cfg.grad_clip)  # fmt: skip
                 step += 1
                 ae_losses.append(loss.item())
                 parts.append(info)
@@ -238,10 +234,7 @@ def train_latent(
                            "l1": float(np.mean([p["l1"] for p in parts[-50:]])),
                            "kl": float(np.mean([p["kl"] for p in parts[-50:]])),
                            "wall": round(wall["autoencoder"], 1)}  # fmt: skip
-                    log.write(json.dumps(rec) + "\n")
-                    log.flush()
-                    if on_log:
-                        on_log(rec)
+                    write_log(log, rec, on_log)
                 bar.update(step, float(np.mean(ae_losses[-50:])))
                 if step % cfg.checkpoint_every == 0 or step == cfg.ae_steps:
                     save_checkpoint()
@@ -267,16 +260,9 @@ def train_latent(
         while step < cfg.steps:
             with torch.no_grad():
                 z0 = (ae.encode(sampler(cfg.batch_size)) - shift) * scale
-            for g in opt.param_groups:
-                g["lr"] = lr_at(cfg.lr, step, cfg.steps, cfg.warmup_steps, cfg.lr_decay_fraction)
             loss = latent_edm_loss(model, z0, cfg, gen)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            for p in model.parameters():  # guard against a rare non-finite gradient
-                if p.grad is not None:
-                    torch.nan_to_num_(p.grad, nan=0.0, posinf=0.0, neginf=0.0)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
+            optimiser_step(opt, loss, lr_at(cfg.lr, step, cfg.steps, cfg.warmup_steps, cfg.lr_decay_fraction),
+                           cfg.grad_clip)  # fmt: skip
             step += 1
             ema_update(ema, model, step, cfg.ema_halflife_steps, cfg.ema_rampup)
             losses.append(loss.item())
@@ -286,10 +272,7 @@ def train_latent(
             if step % 50 == 0:
                 rec = {"stage": 2, "step": step, "loss": float(np.mean(losses[-50:])),
                        "wall": round(wall["latent_unet"], 1)}  # fmt: skip
-                log.write(json.dumps(rec) + "\n")
-                log.flush()
-                if on_log:
-                    on_log(rec)
+                write_log(log, rec, on_log)
             bar.update(step, float(np.mean(losses[-50:])))
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 save_checkpoint()
