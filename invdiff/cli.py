@@ -88,6 +88,11 @@ def train(
     seed: int = typer.Option(0, help="Seed for data, noise and initialisation."),
     threads: Optional[int] = typer.Option(None, help="CPU threads for torch."),
     max_minutes: Optional[float] = typer.Option(None, help="Stop (after a checkpoint) once this many minutes pass."),
+    budget_minutes: Optional[float] = typer.Option(
+        None, help="Fit the whole run (LR decay included) into this many minutes: --steps becomes a first guess."
+    ),
+    device: str = typer.Option("cpu", help="Where the network trains: cpu, cuda, cuda:1, ..."),
+    workers: int = typer.Option(0, help="Background processes drawing patches (useful on a GPU)."),
     no_resume: bool = typer.Option(False, "--no-resume", help="Start over even if a checkpoint exists."),
     init_from: Optional[str] = typer.Option(
         None, "--init-from", help="Start from this prior's weights (shipped name or folder) instead of random ones."
@@ -121,12 +126,13 @@ def train(
     try:
         prior = run_train(output, cfg, resume=not no_resume, num_threads=threads, progress=not quiet,
                           command=command, max_seconds=None if max_minutes is None else 60 * max_minutes,
-                          init_from=init_from)  # fmt: skip
+                          init_from=init_from, device=device, workers=workers,
+                          time_budget=None if budget_minutes is None else 60 * budget_minutes)  # fmt: skip
     except ValueError as e:
         _fail(str(e))
     info = json.loads((Path(output) / "config.json").read_text())["training"]
     typer.echo(
-        f"trained {info['steps_done']}/{steps} steps in {info['wall_seconds'] / 60:.1f} min, "
+        f"trained {info['steps_done']}/{info['steps']} steps in {info['wall_seconds'] / 60:.1f} min, "
         f"loss {info['final_loss']:.4f}; prior written to {output}"
     )
     del prior, torch

@@ -161,6 +161,7 @@ class PatchSampler:
     ):
         self.source = source
         self.patch_size = patch_size
+        self.seed = seed
         self.rng = np.random.default_rng(seed)
         self.refresh = refresh
         self.batches = 0
@@ -175,13 +176,9 @@ class PatchSampler:
                     if min(im.shape[:2]) >= patch_size:
                         self.photos.append(im)
             self.generated_fraction = dead_leaves_fraction
-            self._make = lambda rng: dead_leaves(
-                max(2 * patch_size, 96), rng, self.channels, r_min=float(rng.uniform(1.5, 4.0))
-            )
         elif source == "phantoms":
             self.channels = 1
             self.generated_fraction = 1.0
-            self._make = lambda rng: ellipse_phantom(max(2 * patch_size, 128), rng)
         else:
             folder = Path(source)
             if not folder.is_dir():
@@ -193,6 +190,15 @@ class PatchSampler:
         if self.photos:
             area = np.array([p.shape[0] * p.shape[1] for p in self.photos], float)
             self.photo_p = area / area.sum()
+
+    def _make(self, rng: np.random.Generator) -> np.ndarray:
+        """One fresh procedural image for the pool."""
+        p = self.patch_size
+        if self.source == "phantoms":
+            # phantoms of several sizes, from one patch to twice it: some patches hold a whole
+            # phantom (body outline and all) at the scale a small scan shows it, some a detail
+            return ellipse_phantom(int(rng.integers(p, 2 * p + 1)), rng)
+        return dead_leaves(max(2 * p, 96), rng, self.channels, r_min=float(rng.uniform(1.5, 4.0)))
 
     def __call__(self, batch: int) -> Tensor:
         self.batches += 1

@@ -14,7 +14,7 @@ from invdiff.cli import app
 from invdiff.datasets import TEST_IMAGES, TRAIN_PHOTOS, PatchSampler, dead_leaves, ellipse_phantom, load_test_image
 from invdiff.metrics import psnr
 from invdiff.priors import SHIPPED, UNet, UNetConfig, UNetPrior, load_prior, shipped_priors
-from invdiff.training import TrainConfig, edm_loss, train
+from invdiff.training import TrainConfig, _batches, budget_steps, edm_loss, train
 
 TINY = UNetConfig(channels=8, channel_mult=(1, 2), num_res_blocks=1, groups=4)
 
@@ -192,6 +192,50 @@ def test_train_init_from_starts_at_the_given_weights_and_records_them(tmp_path):
         train(tmp_path / "d", other, progress=False, init_from=tmp_path / "a")
 
 
+def test_background_workers_draw_seeded_distinct_batches():
+    s = PatchSampler("phantoms", 16, seed=3, pool=4)
+    a = [b.clone() for b, _ in zip(_batches(s, 2, workers=2), range(4))]
+    again = [b.clone() for b, _ in zip(_batches(PatchSampler("phantoms", 16, seed=3, pool=4), 2, workers=2), range(4))]
+    assert all(b.shape == (2, 1, 16, 16) for b in a)
+    # each worker reseeds from (seed, worker id): the same run draws the same batches, the workers differ
+    assert all(torch.equal(x, y) for x, y in zip(a, again))
+    assert not torch.equal(a[0], a[1])
+
+
+def test_phantom_pool_mixes_sizes_so_whole_phantoms_fit_a_patch():
+    s = PatchSampler("phantoms", 16, seed=0, pool=40)
+    sides = {img.shape[0] for img in s.pool}
+    assert min(sides) >= 16 and max(sides) <= 32 and len(sides) > 5
+
+
+def test_budget_steps_fits_the_budget_and_freezes_once_the_decay_starts():
+    cfg = TrainConfig(steps=1000, lr_decay_fraction=0.2)
+    # 100 steps in 10 s, 100 s budget: (98 - 10 - 10) s left at 0.1 s/step -> 780 more
+    assert budget_steps(cfg, 100, 0, 10.0, 100.0) == 880
+    # past the start of the decay (80 % of 1000) the total is kept, so the decay runs to its end
+    assert budget_steps(cfg, 900, 0, 95.0, 100.0) == 1000
+    # a budget already spent still allows one more step (the run ends cleanly)
+    assert budget_steps(cfg, 100, 0, 500.0, 100.0) == 101
+
+
+def test_train_with_a_time_budget_and_workers_finishes_and_records_it(tmp_path):
+    cfg = TrainConfig(data="phantoms", steps=10**6, batch_size=2, patch_size=16, checkpoint_every=1000,
+                      unet=TINY.to_dict(), warmup_steps=1)  # fmt: skip
+    train(tmp_path / "o", cfg, progress=False, workers=1, time_budget=12.0)
+    info = json.loads((tmp_path / "o" / "config.json").read_text())["training"]
+    assert info["finished"] and info["steps_done"] == info["steps"] < 10**6
+    assert info["wall_seconds"] <= 12.0
+
+
+def test_train_rejects_a_missing_gpu_and_negative_workers(tmp_path):
+    cfg = TrainConfig(data="phantoms", steps=1, batch_size=2, patch_size=16, unet=TINY.to_dict())
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device"):
+            train(tmp_path / "o", cfg, progress=False, device="cuda")
+    with pytest.raises(ValueError, match="workers must be"):
+        train(tmp_path / "o", cfg, progress=False, workers=-1)
+
+
 def test_train_cli_reports_bad_data(tmp_path):
     r = CliRunner().invoke(app, ["train", "--output", str(tmp_path / "o"), "--data", "no-such-thing"])
     assert r.exit_code == 2 and "neither a built-in data set" in r.output
@@ -279,3 +323,29 @@ def test_priors_cli_lists_and_describes():
     assert r.exit_code == 0 and "UNetPrior" in r.output and "trained" in r.output and "command:" in r.output
     r = CliRunner().invoke(app, ["priors", "natural-rgb"])
     assert r.exit_code == 2 and "has no weights" in r.output
+
+
+def test_optimiser_step_skips_a_non_finite_gradient_and_clips_the_rest():
+    from invdiff.training import optimiser_step
+
+    w = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.Adam([w], lr=0.1)
+    assert not optimiser_step(opt, (w * torch.tensor([1.0, float("nan"), 1.0])).sum(), 0.1, 1.0)
+    assert torch.equal(w.detach(), torch.ones(3)) and not opt.state  # weights and Adam state untouched
+    assert optimiser_step(opt, (100 * w).sum(), 0.1, 1.0)
+    assert torch.isfinite(w).all() and (w < 1).all()
+
+
+def test_a_colour_run_can_start_from_a_gray_prior(tmp_path):
+    gray = tiny_prior(seed=1)
+    gray.save(tmp_path / "gray")
+    rgb_unet = {**TINY.to_dict(), "in_channels": 3, "out_channels": 3}
+    cfg = TrainConfig(data="natural-rgb", steps=0, batch_size=2, patch_size=16, unet=rgb_unet, warmup_steps=1)
+    rgb = train(tmp_path / "rgb", cfg, progress=False, init_from=tmp_path / "gray")
+    # a gray image repeated in three channels is denoised exactly as the gray prior does it
+    x = torch.rand(2, 1, 16, 16)
+    want = load_prior(tmp_path / "gray").denoise(x, 0.3)
+    torch.testing.assert_close(rgb.denoise(x.repeat(1, 3, 1, 1), 0.3), want.repeat(1, 3, 1, 1), atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="has U-Net"):
+        wide = {**rgb_unet, "channels": 16}
+        train(tmp_path / "w", TrainConfig(**{**cfg.__dict__, "unet": wide}), progress=False, init_from=tmp_path / "gray")
