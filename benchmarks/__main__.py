@@ -3,6 +3,7 @@
 ``python -m benchmarks mri [--quick | --full] [--prior phantoms]``,
 ``python -m benchmarks images [--quick | --full] [--device cpu] [--steps dps=100] [--images camera] [--size 128]``,
 ``python -m benchmarks latent [--quick | --full] [--device cpu] [--steps 100] [--zeta-scale 10]``,
+``python -m benchmarks schedule [--quick | --full]`` (where each sampler's schedule should start),
 ``python -m benchmarks all [--quick | --full]`` (every benchmark in turn)."""
 
 from __future__ import annotations
@@ -60,11 +61,17 @@ def parser() -> argparse.ArgumentParser:
     img.add_argument("--images", default=None, help="comma-separated test images, e.g. camera,coffee")
     img.add_argument("--size", type=int, default=None, help="centred crop side in pixels (quick: 128)")
     img.add_argument("--seeds", default=None, help="comma-separated seeds, e.g. 0,1,2")
+    img.add_argument("--prior", default="natural-gray",
+                     help="shipped prior or prior folder (default natural-gray; others write images-<prior>.*)")
+    img.add_argument("--methods", default=None, help="comma-separated samplers to run (default: all of the plan)")
     lat = sub.add_parser("latent", help="latent DPS and PSLD (latent-gray) beside pixel DPS (natural-gray)")
     _mode(lat, "100 steps", "1000 steps")
     lat.add_argument("--steps", type=int, default=None, help="noise levels for every method (overrides the mode)")
     lat.add_argument("--zeta-scale", type=float, default=None, help="factor on the step sizes (default 1000/steps)")
     lat.add_argument("--seed", type=int, default=0, help="seed of the measurement and the samplers (default 0)")
+    sch = sub.add_parser("schedule", help="each sampler's PSNR against the first noise level, on validation images")
+    _mode(sch, "2 validation crops, 3 tasks", "4 validation crops, 3 tasks")
+    sch.add_argument("--seed", type=int, default=0, help="seed of the noise and the samplers (default 0)")
     every = sub.add_parser("all", help="every benchmark above in turn: regenerates every committed number and figure")
     _mode(every, "every suite's quick mode", "every suite's full mode")
     return p
@@ -95,11 +102,12 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         try:
             images.run(args.mode, device=args.device, steps=dict(args.steps), images=_csv(args.images),
-                       size=args.size, seeds=_csv(args.seeds, int))  # fmt: skip
+                       size=args.size, seeds=_csv(args.seeds, int), prior_name=args.prior,
+                       methods=_csv(args.methods))  # fmt: skip
         except (ValueError, FileNotFoundError) as e:
             raise SystemExit(f"error: {e}") from None
     elif args.benchmark == "all":
-        for name in ("posterior", "ct", "mri", "images", "latent"):  # every suite, cheapest first; add new ones here
+        for name in ("posterior", "schedule", "ct", "mri", "images", "latent"):  # every suite, cheapest first; add new ones here
             main([name, f"--{args.mode}", "--device", args.device])
     elif args.benchmark == "latent":
         from . import latent
@@ -108,6 +116,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             latent.run(args.mode, steps=args.steps, zeta_scale=args.zeta_scale, seed=args.seed, device=args.device)
         except (ValueError, FileNotFoundError) as e:
             raise SystemExit(f"error: {e}") from None
+    elif args.benchmark == "schedule":
+        from . import schedule
+
+        schedule.run(args.mode, device=args.device, seed=args.seed)
     elif args.benchmark in ("ct", "mri"):
         import importlib
 

@@ -81,8 +81,8 @@ class _CountingPrior(Prior):
         self.calls += 1
         return self.prior.denoise(x, sigma)
 
-    def sigmas(self, steps: int) -> Tensor:
-        return self.prior.sigmas(steps)
+    def sigmas(self, steps: int, sigma_max: float | None = None) -> Tensor:
+        return self.prior.sigmas(steps, sigma_max)
 
     def clip(self, x0: Tensor) -> Tensor:
         return self.prior.clip(x0)
@@ -125,6 +125,7 @@ def restore(
     noise: Any | None = None,
     callback: Callable[[dict], None] | None = None,
     generator: torch.Generator | None = None,
+    sigma_max: float | None = None,
     **knobs: Any,
 ) -> Result:
     """Draw ``samples`` posterior samples of ``x`` given ``y = A(x) + noise`` in one batched run.
@@ -135,6 +136,9 @@ def restore(
         prior: the diffusion prior.
         method: a key of ``invdiff.METHODS``.
         steps: number of noise levels; ``None`` takes the method's default.
+        sigma_max: first noise level of the schedule (data units; latent units for a latent
+            prior), capped at the prior's own.  ``None`` takes the method's default
+            (``METHODS[method].sigma_max``, for pixel priors), else the prior's ``sigma_max``.
         sigma_y: measurement noise std in data units (0 for noiseless).  Required unless
             ``noise`` is given; a ``Gaussian`` noise model supplies it.
         samples: posterior samples per image, drawn together as a batch of ``samples * B``.
@@ -176,7 +180,9 @@ def restore(
     op_rep = op.repeat_batch(samples)
     if generator is None:
         generator = torch.Generator(device=y.device).manual_seed(seed)
-    sigmas = prior.sigmas(steps).to(device=y.device, dtype=y.dtype)
+    if sigma_max is None and not isinstance(prior, LatentPrior):
+        sigma_max = m.sigma_max
+    sigmas = prior.sigmas(steps, sigma_max).to(device=y.device, dtype=y.dtype)
     counter = _CountingLatentPrior(prior) if isinstance(prior, LatentPrior) else _CountingPrior(prior)
     extra = {"noise": noise} if m.noise_models else {}
 

@@ -61,9 +61,24 @@ class Prior(nn.Module):
     def forward(self, x: Tensor, sigma: float | Tensor) -> Tensor:
         return self.denoise(x, sigma)
 
-    def sigmas(self, steps: int) -> Tensor:
-        """The prior's natural descending schedule: ``steps + 1`` values, the last 0."""
-        return karras_sigmas(steps, self.sigma_min, self.sigma_max)
+    def sigmas(self, steps: int, sigma_max: float | None = None) -> Tensor:
+        """The prior's natural descending schedule: ``steps + 1`` values, the last 0.
+
+        ``sigma_max`` starts the schedule lower than the prior's own ``sigma_max``
+        (a larger value is capped at it).
+        """
+        return karras_sigmas(steps, self.sigma_min, self.schedule_start(sigma_max))
+
+    def schedule_start(self, sigma_max: float | None) -> float:
+        """The first noise level of a schedule asked to start at ``sigma_max`` (None: the prior's own)."""
+        if sigma_max is None:
+            return float(self.sigma_max)
+        if not (math.isfinite(sigma_max) and sigma_max > self.sigma_min):
+            raise ValueError(
+                f"sigma_max must be a finite noise level above the prior's sigma_min {self.sigma_min:g}, "
+                f"got {sigma_max!r}"
+            )
+        return min(float(sigma_max), float(self.sigma_max))
 
     def score(self, x: Tensor, sigma: float | Tensor) -> Tensor:
         """``grad log p_sigma(x) = (x0_hat - x) / sigma^2``."""

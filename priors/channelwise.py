@@ -67,8 +67,8 @@ class ChannelwisePrior(Prior):
     def sigma_max(self) -> float:  # type: ignore[override]
         return self.prior.sigma_max
 
-    def sigmas(self, steps: int) -> Tensor:
-        return self.prior.sigmas(steps)
+    def sigmas(self, steps: int, sigma_max: float | None = None) -> Tensor:
+        return self.prior.sigmas(steps, sigma_max)
 
     def denoise(self, x: Tensor, sigma: float | Tensor) -> Tensor:
         b, ch, h, w = x.shape

@@ -207,8 +207,8 @@ class LatentUNetPrior(Prior):
         # below the smallest trained level the denoiser is (nearly) the identity
         return self.model(z, as_sigma(sigma, z).clamp_min(1e-5))
 
-    def sigmas(self, steps: int) -> Tensor:
-        return karras_sigmas(steps, self.sigma_min, self.sigma_max, self.rho)
+    def sigmas(self, steps: int, sigma_max: float | None = None) -> Tensor:
+        return karras_sigmas(steps, self.sigma_min, self.schedule_start(sigma_max), self.rho)
 
     def config_dict(self) -> dict:
         return {"unet": self.unet_config.to_dict(), "sigma_data": self.model.sigma_data, "sigma_min": self.sigma_min,
@@ -236,8 +236,8 @@ class ModelUnits(Prior):
         s = sigma / 2 if not isinstance(sigma, Tensor) else sigma.to(u.dtype) / 2
         return 2 * self.prior.denoise((u + 1) / 2, s) - 1
 
-    def sigmas(self, steps: int) -> Tensor:
-        return 2 * self.prior.sigmas(steps)
+    def sigmas(self, steps: int, sigma_max: float | None = None) -> Tensor:
+        return 2 * self.prior.sigmas(steps, None if sigma_max is None else sigma_max / 2)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -323,8 +323,9 @@ class LatentPrior(Prior):
         """``z``: ``(B, c, h, w)`` = ``z0 + sigma n`` (latent space), ``sigma``: float or ``(B,)`` -> ``z0_hat``."""
         return self.latent_prior.denoise(z, sigma)
 
-    def sigmas(self, steps: int) -> Tensor:
-        return self.latent_prior.sigmas(steps)
+    def sigmas(self, steps: int, sigma_max: float | None = None) -> Tensor:
+        """The latent prior's schedule (``sigma_max`` in latent units)."""
+        return self.latent_prior.sigmas(steps, sigma_max)
 
     # -- files ------------------------------------------------------------
     def save(self, path: str | Path, extra: dict | None = None, dtype: torch.dtype = torch.float16) -> None:

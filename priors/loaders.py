@@ -156,11 +156,16 @@ class DiscreteDDPMPrior(Prior):
         w = t - i
         return ((1 - w) * log_sigmas[i] + w * log_sigmas[i + 1]).exp()
 
-    def sigmas(self, steps: int) -> Tensor:
-        """``steps`` evenly spaced timesteps from ``T - 1`` to ``0`` in data sigmas, then 0: ``(steps + 1,)``."""
+    def sigmas(self, steps: int, sigma_max: float | None = None) -> Tensor:
+        """``steps`` evenly spaced timesteps from ``T - 1`` (or the timestep of ``sigma_max``) to ``0``
+        in data sigmas, then 0: ``(steps + 1,)``."""
         if steps < 1:
             raise ValueError(f"steps must be at least 1, got {steps}")
-        t = torch.linspace(self.num_timesteps - 1, 0, steps, device=self.log_sigmas.device)
+        t_max = float(self.num_timesteps - 1)
+        if sigma_max is not None:
+            start = torch.tensor([2 * self.schedule_start(sigma_max)], device=self.log_sigmas.device)
+            t_max = float(self.sigma_to_t(start)[0])
+        t = torch.linspace(t_max, 0, steps, device=self.log_sigmas.device)
         s = self.t_to_sigma(t) / 2
         return torch.cat([s, s.new_zeros(1)])
 

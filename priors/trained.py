@@ -103,8 +103,8 @@ class UNetPrior(Prior):
         sigma_m = sigma_m.clamp_min(1e-5)
         return self._from_model(self.model(self._to_model(x), sigma_m))
 
-    def sigmas(self, steps: int) -> Tensor:
-        return karras_sigmas(steps, self.sigma_min, self.sigma_max, self.rho)
+    def sigmas(self, steps: int, sigma_max: float | None = None) -> Tensor:
+        return karras_sigmas(steps, self.sigma_min, self.schedule_start(sigma_max), self.rho)
 
     # -- files ------------------------------------------------------------
     @classmethod

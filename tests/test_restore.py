@@ -121,6 +121,9 @@ ERRORS = [
      ["'ddrm' takes Gaussian noise only (sigma_y=), not Poisson", "accept noise models: dps, score_ald, daps"]),
     ("sigma_y vs Gaussian", lambda y: dict(y=y, op=Identity(), sigma_y=0.1, noise=Gaussian(0.05)),
      ["sigma_y=0.1 disagrees with noise=Gaussian(0.05)"]),
+    ("sigma_max <= 0", lambda y: dict(y=y, op=Identity(), sigma_max=0.0),
+     ["sigma_max must be a finite noise level above the prior's sigma_min", "got 0.0"]),
+    ("sigma_max nan", lambda y: dict(y=y, op=Identity(), sigma_max=float("nan")), ["sigma_max must be", "nan"]),
 ]
 
 
@@ -269,3 +272,34 @@ def test_import_is_light():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
     assert callable(invdiff.restore) and np is not None
+
+
+def test_sigma_max_starts_the_schedule_and_defaults_per_method(prior, y, monkeypatch):
+    full = prior.sigmas(6)
+    short = prior.sigmas(6, 0.5)
+    assert short[0].item() == pytest.approx(0.5) and short[-1] == 0 and (short[:-1] > short[1:]).all()
+    assert short[-2].item() == pytest.approx(full[-2].item())  # same sigma_min
+    torch.testing.assert_close(prior.sigmas(6, 1e9), full)  # capped at the prior's own start
+    seen = []
+    cb = lambda d: seen.append(float(d["sigma"]))  # noqa: E731
+    restore(y, Identity(), prior, method="ddnm", steps=4, sigma_y=0.1, sigma_max=0.5, callback=cb)
+    assert seen[0] == pytest.approx(0.5)
+    # None takes METHODS[m].sigma_max; a method without one starts at the prior's sigma_max
+    monkeypatch.setitem(METHODS, "ddnm", METHODS["ddnm"].__class__(**{**METHODS["ddnm"].__dict__, "sigma_max": 0.3}))
+    seen.clear()
+    restore(y, Identity(), prior, method="ddnm", steps=4, sigma_y=0.1, callback=cb)
+    assert seen[0] == pytest.approx(0.3)
+    monkeypatch.setitem(METHODS, "ddnm", METHODS["ddnm"].__class__(**{**METHODS["ddnm"].__dict__, "sigma_max": None}))
+    seen.clear()
+    restore(y, Identity(), prior, method="ddnm", steps=4, sigma_y=0.1, callback=cb)
+    assert seen[0] == pytest.approx(prior.sigma_max)
+
+
+def test_discrete_prior_schedule_can_start_lower():
+    from invdiff.priors import DiscreteDDPMPrior
+
+    abar = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0)
+    prior = DiscreteDDPMPrior(lambda x, t: torch.zeros_like(x), abar, channels=1)
+    s = prior.sigmas(10, 1.0)
+    assert s[0].item() == pytest.approx(1.0, rel=1e-3) and s[-1] == 0 and (s[:-1] > s[1:]).all()
+    assert s[-2].item() == pytest.approx(prior.sigmas(10)[-2].item())  # both end at timestep 0

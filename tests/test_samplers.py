@@ -68,8 +68,8 @@ class CountingPrior(Prior):
         self.calls += 1
         return self.inner.denoise(x, sigma)
 
-    def sigmas(self, steps):
-        return self.inner.sigmas(steps)
+    def sigmas(self, steps, sigma_max=None):
+        return self.inner.sigmas(steps, sigma_max)
 
 
 class Squash(Operator):
