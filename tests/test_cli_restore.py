@@ -90,7 +90,6 @@ def test_ground_truth_folder_is_matched_by_name(folder, tmp_path):
         (["--task", "warp"], "unknown task 'warp'"),
         (["--task", "inpaint", "--method", "magic"], "unknown method 'magic'"),
         (["--task", "inpaint", "--prior", "no-such-prior"], "unknown prior 'no-such-prior'"),
-        (["--task", "inpaint", "--prior", "natural-rgb"], "has no weights"),
         (["--task", "inpaint", "--kernel", "gaussian:2"], "--kernel does not apply to --task inpaint"),
         (["--task", "deblur", "--kernel", "blob:3"], "neither gaussian:SIGMA"),
         (["--task", "inpaint", "--device", "cuda"], "torch sees no CUDA device"),

@@ -315,14 +315,20 @@ def test_demo_rejects_an_unknown_task(tmp_path):
         run_demo(tmp_path / "d", task="blur")
 
 
-def test_priors_cli_lists_and_describes():
+def test_priors_cli_lists_and_describes(tmp_path, monkeypatch):
     r = CliRunner().invoke(app, ["priors"])
     assert r.exit_code == 0
     assert "natural-gray" in r.output and "shipped" in r.output and "phantoms" in r.output
     r = CliRunner().invoke(app, ["priors", "natural-gray"])
     assert r.exit_code == 0 and "UNetPrior" in r.output and "trained" in r.output and "command:" in r.output
     r = CliRunner().invoke(app, ["priors", "natural-rgb"])
-    assert r.exit_code == 2 and "has no weights" in r.output
+    assert r.exit_code == 0 and "natural-rgb: UNetPrior" in r.output and "RGB" in r.output
+    # an installation without a shipped prior's weights says how to make them
+    import invdiff.priors.registry as registry
+
+    monkeypatch.setattr(registry, "WEIGHTS", tmp_path)
+    r = CliRunner().invoke(app, ["priors", "natural-rgb"])
+    assert r.exit_code == 2 and "has no weights" in r.output and "invdiff train --data natural-rgb" in r.output
 
 
 def test_optimiser_step_skips_a_non_finite_gradient_and_clips_the_rest():
