@@ -131,8 +131,6 @@ def render() -> None:
     import json
 
     data = json.loads((report.RESULTS_DIR / f"{NAME}.json").read_text(encoding="utf-8"))
-    for s in data["summary"]:
-        s.pop("default_start", None)
     report.write_section(NAME, markdown(data))
 
 
