@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from invdiff import METHODS, restore
+from invdiff import restore
 from invdiff.datasets import skimage_image
 from invdiff.metrics import psnr, ssim
 from invdiff.priors import Prior, load_prior
