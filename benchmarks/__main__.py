@@ -4,6 +4,8 @@
 ``python -m benchmarks images [--quick | --full] [--device cpu] [--steps dps=100] [--images camera] [--size 128]``,
 ``python -m benchmarks latent [--quick | --full] [--device cpu] [--steps 100] [--zeta-scale 10]``,
 ``python -m benchmarks schedule [--quick | --full]`` (where each sampler's schedule should start),
+``python -m benchmarks parity [--quick | --full]`` (DDRM and DPS against deepinv's on the same problems),
+``python -m benchmarks priors [--quick | --full]`` (each shipped prior's margins over the classical baselines),
 ``python -m benchmarks all [--quick | --full]`` (every benchmark in turn)."""
 
 from __future__ import annotations
@@ -72,6 +74,12 @@ def parser() -> argparse.ArgumentParser:
     sch = sub.add_parser("schedule", help="each sampler's PSNR against the first noise level, on validation images")
     _mode(sch, "2 validation crops, 3 tasks", "4 validation crops, 3 tasks")
     sch.add_argument("--seed", type=int, default=0, help="seed of the noise and the samplers (default 0)")
+    par = sub.add_parser("parity", help="DDRM and DPS against deepinv's on the same prior, operator and levels")
+    _mode(par, "camera 128x128, 8 DDRM samples, DPS at 100 steps", "camera 256x256, 16 DDRM samples, DPS at 1000 steps")
+    par.add_argument("--seed", type=int, default=0, help="seed of the measurement and the samplers (default 0)")
+    pri = sub.add_parser("priors", help="each shipped prior with DDRM, PiGDM and DPS against the classical baselines")
+    _mode(pri, "camera (gray) and astronaut (RGB) at 128x128, 4 samples, reduced steps",
+          "all test images at 256x256, 8 samples, 2 seeds, default steps")
     every = sub.add_parser("all", help="every benchmark above in turn: regenerates every committed number and figure")
     _mode(every, "every suite's quick mode", "every suite's full mode")
     return p
@@ -107,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         except (ValueError, FileNotFoundError) as e:
             raise SystemExit(f"error: {e}") from None
     elif args.benchmark == "all":
-        for name in ("posterior", "schedule", "ct", "mri", "images", "latent"):  # every suite, cheapest first; add new ones here
+        for name in ("posterior", "schedule", "parity", "ct", "mri", "images", "priors", "latent"):  # every suite, cheapest first; add new ones here
             main([name, f"--{args.mode}", "--device", args.device])
     elif args.benchmark == "latent":
         from . import latent
@@ -116,10 +124,14 @@ def main(argv: Sequence[str] | None = None) -> None:
             latent.run(args.mode, steps=args.steps, zeta_scale=args.zeta_scale, seed=args.seed, device=args.device)
         except (ValueError, FileNotFoundError) as e:
             raise SystemExit(f"error: {e}") from None
-    elif args.benchmark == "schedule":
-        from . import schedule
+    elif args.benchmark == "priors":
+        from . import priors
 
-        schedule.run(args.mode, device=args.device, seed=args.seed)
+        priors.run(args.mode, device=args.device)
+    elif args.benchmark in ("schedule", "parity"):
+        import importlib
+
+        importlib.import_module(f".{args.benchmark}", __package__).run(args.mode, device=args.device, seed=args.seed)
     elif args.benchmark in ("ct", "mri"):
         import importlib
 

@@ -122,7 +122,7 @@ class Plan:
     deepinv: tuple[str, ...] = ("ddrm", "dps", "pigdm", "diffpir")
     tv_iters: tuple[int, int] = (100, 10)  # TV baseline: outer PGD iterations, inner TV-prox iterations
     tv_lambdas: tuple[float, ...] = baselines.TV_LAMBDAS
-    scaling: tuple[str, int, tuple[int, ...]] = ("ddrm", 20, (1, 4, 16))  # method, steps, samples per call
+    scaling: tuple[str, int, tuple[int, ...]] | None = ("ddrm", 20, (1, 4, 16))  # method, steps, samples per call
     net_reps: int = 3  # repetitions of each t_net measurement (median)
     lpips: bool = True
     notes: tuple[str, ...] = field(default_factory=tuple)
@@ -504,13 +504,16 @@ def run_suite(
             path = figures.grid(first_panels, Path(figures_dir) / f"{name}-{spec.name}.png")
             figure_files[spec.name] = path.name
 
-    # Batch scaling: samples per restore call, on the first task, image and seed.
-    method, k, counts = plan.scaling
-    spec, (image, x) = tasks[0], next(iter(images.items()))
-    op = spec.build(tuple(x.shape), plan.seeds[0]).to(device)
-    y = measure(op, x.to(device), SIGMA_Y, plan.seeds[0])
-    log(f"batch scaling: {method} {k} steps, samples {counts}")
-    scaling = cost.batch_scaling(prior, op, y, SIGMA_Y, method, k, counts, seed=plan.seeds[0])
+    # Batch scaling: samples per restore call, on the first task, image and seed (unless the plan has none).
+    scaling = None
+    if plan.scaling is not None:
+        method, k, counts = plan.scaling
+        spec, (image, x) = tasks[0], next(iter(images.items()))
+        op = spec.build(tuple(x.shape), plan.seeds[0]).to(device)
+        y = measure(op, x.to(device), SIGMA_Y, plan.seeds[0])
+        log(f"batch scaling: {method} {k} steps, samples {counts}")
+        rows_scaling = cost.batch_scaling(prior, op, y, SIGMA_Y, method, k, counts, seed=plan.seeds[0])
+        scaling = {"task": spec.name, "image": image, "method": method, "steps": k, "rows": rows_scaling}
 
     return {
         "benchmark": name,
@@ -528,7 +531,7 @@ def run_suite(
         "margins": margins(rows, tasks),
         "dps_vs_deepinv": cost.speed_ratios(rows, "dps"),
         "pigdm_vs_deepinv": cost.speed_ratios(rows, "pigdm"),
-        "scaling": {"task": spec.name, "image": image, "method": method, "steps": k, "rows": scaling},
+        "scaling": scaling,
         "figures": figure_files,
         "total_seconds": time.perf_counter() - start,
     }
@@ -732,12 +735,13 @@ def markdown(data: dict[str, Any], figure_prefix: str = "results/figures/") -> s
 
     # Batch scaling.
     sc = data["scaling"]
-    lines += ["### Batch scaling", "",
-              f"`restore` drawing 1, 4 and 16 posterior samples in one call: {sc['method']}, {sc['steps']} steps, "
-              f"task {sc['task']}, image {sc['image']}.", ""]  # fmt: skip
-    table = [[r["samples"], f"{r['seconds']:.2f}", f"{r['seconds_per_sample']:.3f}", r["nfe"],
-              report.fmt(r["peak_mib"])] for r in sc["rows"]]  # fmt: skip
-    lines += [report.markdown_table(["samples", "seconds", "seconds per sample", "NFE", "peak MiB"], table), ""]
+    if sc:
+        lines += ["### Batch scaling", "",
+                  f"`restore` drawing 1, 4 and 16 posterior samples in one call: {sc['method']}, {sc['steps']} steps, "
+                  f"task {sc['task']}, image {sc['image']}.", ""]  # fmt: skip
+        table = [[r["samples"], f"{r['seconds']:.2f}", f"{r['seconds_per_sample']:.3f}", r["nfe"],
+                  report.fmt(r["peak_mib"])] for r in sc["rows"]]  # fmt: skip
+        lines += [report.markdown_table(["samples", "seconds", "seconds per sample", "NFE", "peak MiB"], table), ""]
 
     # Per-task tables.
     lines += ["### Results per task", ""]

@@ -164,3 +164,69 @@ def test_suite_runs_end_to_end_on_a_tiny_problem(tmp_path: Path) -> None:
     assert "inpaint-random" in images.headline(data)
     assert (tmp_path / data["figures"]["saturation"]).stat().st_size > 1000
     json.dumps(report._jsonable(data))  # everything is JSON-able
+
+
+def test_parity_runs_both_ddrms_on_the_same_noise_levels(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("deepinv")
+    from benchmarks import parity
+    from invdiff.samplers import ddrm
+
+    prior = GaussianPrior.smooth((1, 8, 8), length_scale=2.0, variance=0.04, mean=0.5)
+    seen: dict[str, list[float]] = {"invdiff": [], "deepinv": []}
+    key = {"who": "invdiff"}
+    denoise = prior.denoise
+
+    def spy(x: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
+        seen[key["who"]].append(float(torch.as_tensor(sigma).reshape(-1)[0]))
+        return denoise(x, sigma)
+
+    monkeypatch.setattr(prior, "denoise", spy)
+    op = Inpainting(random_mask((8, 8), missing=0.5, generator=torch.Generator().manual_seed(0)))
+    x = prior.sample(1, generator=torch.Generator().manual_seed(1)).float()
+    y = op(x)
+    ddrm(prior, op, y, parity.deepinv_levels(6, y.device), sigma_y=0.05, generator=torch.Generator().manual_seed(0))
+    key["who"] = "deepinv"
+    images.run_deepinv("ddrm", prior, op, y, (1, 1, 8, 8), 0.05, 6, 0)
+    # deepinv makes one more call, at sigma 0, where the denoiser returns its input
+    assert seen["deepinv"][:-1] == pytest.approx(seen["invdiff"]) and seen["deepinv"][-1] == 0.0
+    assert len(seen["invdiff"]) == 5
+
+
+def test_parity_and_priors_suites_render_tiny_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("deepinv")
+    from benchmarks import parity, priors
+
+    monkeypatch.setattr(report, "RESULTS_DIR", tmp_path)
+    plan = {"size": 16, "samples": 2, "ddrm_steps": 3, "dps_steps": 2, "dps_seeds": (0,), "exact_n": 32}
+    exact = parity.exact_rows(plan, 0, lambda m: None)
+    assert {(r["operator"], r["library"]) for r in exact} == {(o, lib) for o in ("inpainting", "blur")
+                                                               for lib in ("invdiff", "deepinv")}  # fmt: skip
+    prior = GaussianPrior.smooth((1, 16, 16), length_scale=2.0, variance=0.04, mean=0.5)
+    x = prior.sample(1, generator=torch.Generator().manual_seed(0)).float().clamp(0, 1)
+    rows = parity.ddrm_rows(prior, x, plan, 0, lambda m: None)
+    assert len(rows) == 3 * len(parity.DDRM_TASKS) and all(math.isfinite(r["psnr_mean"]) for r in rows)
+    dps = parity.dps_rows(prior, x, plan, 0, lambda m: None)
+    assert all(r["nfe_invdiff"] == 2 for r in dps)
+    data = {"mode": "quick", "seconds": 1.0, "machine": report.machine(), "deepinv_version": "x", "prior": "p",
+            "seed": 0, "plan": plan, "exact": exact, "ddrm": rows, "dps": dps}  # fmt: skip
+    md = parity.markdown(data)
+    assert "inpaint-box" in md and "variance ratio" in md
+
+    # priors: the phantoms rows are read from the CT suite's JSON, margins over FBP
+    ct = {"mode": "quick", "images": ["shepp-logan", "phantom-0"], "machine": {"git_commit": "abc"},
+          "setups": [{"setup": "sparse-30", "rows": [
+              {"method": "fbp", "psnr": [20.0, 22.0], "ssim": [0.5, 0.6]},
+              {"method": "ddrm", "psnr": [25.0, 26.0], "ssim": [0.8, 0.9], "steps": 20, "default_steps": 20}]}]}
+    (tmp_path / "ct.json").write_text(json.dumps(ct), encoding="utf-8")
+    ph = priors.phantom_rows()
+    assert len(ph) == 1 and ph[0]["margin_db"] == pytest.approx(25.5 - 21.0) and ph[0]["baseline"] == "fbp"
+    prior.channels = 1  # the shipped priors say how many channels they model
+    monkeypatch.setattr(priors, "load_prior", lambda name: prior)
+    tiny = {"size": 16, "images": {"natural-gray": ("camera",)}, "samples": 2, "steps": {"ddrm": 2, "pigdm": 2,
+            "dps": 2}, "seeds": (0,)}  # fmt: skip
+    block = priors.natural_rows("natural-gray", tiny, "cpu", lambda m: None)
+    assert {m["task"] for m in block["margins"]} == set(priors.TASK_NAMES)
+    assert all(m["steps"] == 2 for m in block["margins"])
+    md = priors.markdown({"mode": "quick", "seconds": 1.0, "machine": report.machine(), "plan": tiny,
+                          "natural": [block], "phantoms": ph})  # fmt: skip
+    assert "sparse-30" in md and "`natural-gray` on camera" in md

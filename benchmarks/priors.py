@@ -1,0 +1,156 @@
+"""The shipped priors against the classical baselines: the margins the priors are judged by.
+
+For each shipped natural-image prior and each of its test images, the three
+tasks the priors are judged on (random inpainting of 70% of the pixels, x4
+bicubic super-resolution, Gaussian deblurring of std 2; noise 0.02 on each) are
+restored by DDRM, PiGDM and DPS through ``invdiff.restore``, with the estimate
+the posterior mean of several samples, and scored against the task's classical
+baseline (biharmonic, bicubic, oracle Wiener/Tikhonov), TV alongside.  The
+``phantoms`` prior is judged on CT (30 views) and MRI (4x): its rows are read
+from the ``ct`` and ``mri`` suites' committed JSON, whose own runs they name.
+
+It reuses the images suite's problem runner, so operators, noise, baselines and
+scoring are the same as there.  ``python -m benchmarks priors [--quick | --full]``
+writes ``results/priors.{json,md}`` and one figure per prior and task.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from invdiff.datasets import load_test_image
+from invdiff.priors import load_prior
+
+from . import images, report
+
+NAME = "priors"
+TASK_NAMES = ("inpaint-random", "sr4-bicubic", "deblur-gaussian")
+METHOD_NAMES = ("ddrm", "pigdm", "dps")
+#: the test images of each natural prior (gray versions of the colour ones for natural-gray)
+IMAGES = {"natural-gray": ("camera", "astronaut", "coffee"), "natural-rgb": ("astronaut", "coffee")}
+PLANS: dict[str, dict[str, Any]] = {
+    "quick": {"size": 128, "images": {"natural-gray": ("camera",), "natural-rgb": ("astronaut",)}, "samples": 4,
+              "steps": {"ddrm": 20, "pigdm": 50, "dps": 100}, "seeds": (0,)},
+    "full": {"size": 256, "images": IMAGES, "samples": 8, "steps": {"ddrm": 20, "pigdm": 100, "dps": 1000},
+             "seeds": (0, 1)},
+}  # fmt: skip
+#: phantoms: (suite, set-up) rows read from the medical suites
+PHANTOM_SETUPS = (("ct", "sparse-30"), ("mri", "single-4x"))
+PHANTOM_BASELINES = {"ct": "fbp", "mri": "zero-filled"}
+
+
+def natural_rows(prior_name: str, plan: dict[str, Any], device: str, log: Callable[[str], None]) -> dict[str, Any]:
+    """The images suite's runner on this prior's test images, the three tasks and methods, ``samples`` per image."""
+    prior = load_prior(prior_name)
+    run_plan = images.Plan(
+        mode=f"priors-{plan['size']}", images=plan["images"][prior_name], size=plan["size"], seeds=plan["seeds"],
+        samples=plan["samples"], steps={m: (k,) for m, k in plan["steps"].items()}, deepinv=(), scaling=None,
+    )  # fmt: skip
+    imgs = {i: load_test_image(i, channels=prior.channels, size=run_plan.size) for i in run_plan.images}
+    tasks = [t for t in images.TASKS if t.name in TASK_NAMES]
+    data = images.run_suite(run_plan, prior, imgs, device, tasks=tasks, figures_dir=report.RESULTS_DIR / "figures",
+                            log=log, name=f"{NAME}-{prior_name}", prior_name=prior_name)  # fmt: skip
+    return {"prior": prior_name, "channels": prior.channels, "images": list(run_plan.images),
+            "training": data["prior_config"], "margins": data["margins"], "rows": data["rows"],
+            "figures": data["figures"], "seconds": data["total_seconds"]}  # fmt: skip
+
+
+def phantom_rows() -> list[dict[str, Any]]:
+    """DDRM, PiGDM and DPS against FBP / zero-filling from the committed ``ct`` and ``mri`` results."""
+    out = []
+    for suite, setup in PHANTOM_SETUPS:
+        path = report.RESULTS_DIR / f"{suite}.json"
+        if not path.exists():
+            continue
+        data = json.loads(path.read_text(encoding="utf-8"))
+        block = next((s for s in data["setups"] if s["setup"] == setup), None)
+        if block is None:
+            continue
+        rows = {r["method"]: r for r in block["rows"]}
+        base = rows[PHANTOM_BASELINES[suite]]
+        tv = rows.get("tv")
+        for method in METHOD_NAMES:
+            r = rows.get(method)
+            if r is None or "psnr" not in r:
+                continue
+            p, b = statistics.fmean(r["psnr"]), statistics.fmean(base["psnr"])
+            out.append({"suite": suite, "setup": setup, "method": method, "steps": r.get("steps"),
+                        "default_steps": r.get("default_steps"), "psnr": p, "ssim": statistics.fmean(r["ssim"]),
+                        "baseline": PHANTOM_BASELINES[suite], "baseline_psnr": b,
+                        "baseline_ssim": statistics.fmean(base["ssim"]), "margin_db": p - b,
+                        "tv_psnr": statistics.fmean(tv["psnr"]) if tv else None, "images": data["images"],
+                        "commit": data["machine"].get("git_commit"), "mode": data["mode"]})  # fmt: skip
+    return out
+
+
+def markdown(data: dict[str, Any]) -> str:
+    """The ``## Shipped priors`` section: margins per prior, task and method."""
+    p = data["plan"]
+    steps = ", ".join(f"{m} {k}" for m, k in p["steps"].items())
+    parts = [
+        "## Shipped priors against the classical baselines",
+        f"Generated by `python -m benchmarks priors --{data['mode']}` ({data['seconds']:.0f} s). "
+        f"{report.describe_machine(data['machine'])}",
+        f"Tasks: {', '.join(TASK_NAMES)} (the images suite's operators, sigma_y {images.SIGMA_Y}). Each estimate is "
+        f"the mean of {p['samples']} posterior samples (one batched `restore` call per image and seed); steps: "
+        f"{steps}; {p['size']}x{p['size']} centred crops; seeds {', '.join(map(str, p['seeds']))}. Baselines as in "
+        "the images suite (biharmonic, bicubic, the better of oracle Wiener and oracle Tikhonov); `best classical` "
+        "includes oracle TV. Bar: +1 dB mean PSNR over the baseline (aim +1.5 dB).",
+    ]
+    for block in data["natural"]:
+        t = block["training"]
+        parts.append(f"### `{block['prior']}` on {', '.join(block['images'])} ({block['channels']} channel(s); "
+                     f"{t.get('total_steps', t.get('steps_done', '?'))} training steps in all)")  # fmt: skip
+        table = []
+        for m in block["margins"]:
+            if m["best_invdiff"]:
+                continue
+            table.append([m["task"], m["method"], m["steps"], f"{m['psnr']:.2f}", f"{m['ssim']:.3f}", m["baseline"],
+                          f"{m['baseline_psnr']:.2f}", f"{m['baseline_ssim']:.3f}", f"{m['margin_db']:+.2f}",
+                          "yes" if m["margin_db"] >= 1 else "no",
+                          f"{m['best_classical']} {m['best_classical_psnr']:.2f}"])  # fmt: skip
+        parts.append(report.markdown_table(["task", "method", "steps", "PSNR", "SSIM", "baseline", "baseline PSNR",
+                                            "baseline SSIM", "margin (dB)", ">= 1 dB", "best classical"], table))
+        figs = [f"[{task}](results/figures/{f})" for task, f in block["figures"].items()]
+        if figs:
+            parts.append("Figures (truth | measurement | each method): " + ", ".join(figs) + ".")
+    if data["phantoms"]:
+        ph = data["phantoms"]
+        parts.append("### `phantoms` on CT (30 views) and MRI (4x single-coil)")
+        parts.append("Read from `results/ct.json` and `results/mri.json` (their runs: " + ", ".join(
+            sorted({f"{r['suite']} {r['mode']} at commit {r['commit']}" for r in ph})) + "); one posterior sample per "
+            "image there, Shepp-Logan and held-out phantoms; PSNR means over those images.")  # fmt: skip
+        table = [[r["suite"], r["setup"], r["method"], r["steps"], f"{r['psnr']:.2f}", f"{r['ssim']:.3f}",
+                  r["baseline"], f"{r['baseline_psnr']:.2f}", f"{r['margin_db']:+.2f}",
+                  "yes" if r["margin_db"] >= 1 else "no", "—" if r["tv_psnr"] is None else f"{r['tv_psnr']:.2f}"]
+                 for r in ph]  # fmt: skip
+        parts.append(report.markdown_table(["suite", "set-up", "method", "steps", "PSNR", "SSIM", "baseline",
+                                            "baseline PSNR", "margin (dB)", ">= 1 dB", "TV PSNR"], table))
+    return "\n\n".join(parts)
+
+
+def render() -> None:
+    """Rewrite ``results/priors.md`` from ``results/priors.json`` (no sampling)."""
+    data = json.loads((report.RESULTS_DIR / f"{NAME}.json").read_text(encoding="utf-8"))
+    report.write_section(NAME, markdown(data))
+
+
+def run(mode: str = "quick", device: str = "cpu", log: Callable[[str], None] = print,
+        priors: tuple[str, ...] = ("natural-gray", "natural-rgb")) -> dict[str, Any]:  # fmt: skip
+    """Run the natural priors, read the phantoms rows, write ``results/priors.{json,md}``."""
+    if mode not in PLANS:
+        raise ValueError(f"mode must be quick or full, got {mode!r}")
+    plan = PLANS[mode]
+    t0 = time.perf_counter()
+    natural = [natural_rows(name, plan, device, log) for name in priors]
+    data = {"name": NAME, "mode": mode, "plan": plan, "machine": report.machine(torch.device(device)),
+            "natural": natural, "phantoms": phantom_rows(), "seconds": time.perf_counter() - t0}  # fmt: skip
+    report.write_json(NAME, data)
+    report.write_section(NAME, markdown(data))
+    return data
