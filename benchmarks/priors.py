@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from invdiff import METHODS
 from invdiff.datasets import load_test_image
 from invdiff.priors import load_prior
 
@@ -111,7 +112,9 @@ def markdown(data: dict[str, Any]) -> str:
         for m in block["margins"]:
             if m["best_invdiff"]:
                 continue
-            table.append([m["task"], m["method"], m["steps"], f"{m['psnr']:.2f}", f"{m['ssim']:.3f}", m["baseline"],
+            default = METHODS[m["method"]].steps
+            steps = m["steps"] if m["steps"] >= default else f"{m['steps']} (default {default})"
+            table.append([m["task"], m["method"], steps, f"{m['psnr']:.2f}", f"{m['ssim']:.3f}", m["baseline"],
                           f"{m['baseline_psnr']:.2f}", f"{m['baseline_ssim']:.3f}", f"{m['margin_db']:+.2f}",
                           "yes" if m["margin_db"] >= 1 else "no",
                           f"{m['best_classical']} {m['best_classical_psnr']:.2f}"])  # fmt: skip
@@ -126,7 +129,9 @@ def markdown(data: dict[str, Any]) -> str:
         parts.append("Read from `results/ct.json` and `results/mri.json` (their runs: " + ", ".join(
             sorted({f"{r['suite']} {r['mode']} at commit {r['commit']}" for r in ph})) + "); one posterior sample per "
             "image there, Shepp-Logan and held-out phantoms; PSNR means over those images.")  # fmt: skip
-        table = [[r["suite"], r["setup"], r["method"], r["steps"], f"{r['psnr']:.2f}", f"{r['ssim']:.3f}",
+        table = [[r["suite"], r["setup"], r["method"],
+                  r["steps"] if r["steps"] == r["default_steps"] else f"{r['steps']} (default {r['default_steps']})",
+                  f"{r['psnr']:.2f}", f"{r['ssim']:.3f}",
                   r["baseline"], f"{r['baseline_psnr']:.2f}", f"{r['margin_db']:+.2f}",
                   "yes" if r["margin_db"] >= 1 else "no", "—" if r["tv_psnr"] is None else f"{r['tv_psnr']:.2f}"]
                  for r in ph]  # fmt: skip
