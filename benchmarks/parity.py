@@ -36,9 +36,9 @@ from torch import Tensor
 
 from invdiff import METHODS, restore
 from invdiff.datasets import load_test_image
-from invdiff.exact import dense_matrix, gaussian_posterior, posterior_report
+from invdiff.exact import posterior_report
 from invdiff.metrics import psnr
-from invdiff.priors import GaussianPrior, Prior, load_prior
+from invdiff.priors import Prior, load_prior
 from invdiff.samplers import ddrm
 
 from . import cost, images, posterior, report
@@ -123,11 +123,7 @@ def exact_rows(plan: dict[str, Any], seed: int, log: Callable[[str], None]) -> l
     ops = posterior.make_operators(torch.Generator().manual_seed(seed))
     for name in ("inpainting", "blur"):
         op = ops[name]
-        g = torch.Generator().manual_seed(seed)
-        prior = GaussianPrior.smooth(posterior.SHAPE)
-        x = prior.sample(1, generator=g, dtype=torch.float32)
-        y = posterior.measure(op, x, g)
-        mean, cov = gaussian_posterior(prior, dense_matrix(op, posterior.SHAPE), y.double(), posterior.SIGMA_Y)
+        prior, y, _, mean, cov = posterior.gaussian_problem(op, seed)
         yb = y.repeat(n, *([1] * (y.dim() - 1)))
         shape = (n, *posterior.SHAPE)
         with torch.no_grad():

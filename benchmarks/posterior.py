@@ -104,15 +104,24 @@ def _draw(
 # -- Gaussian prior ---------------------------------------------------------------------------
 
 
-def gaussian_case(name: str, op: Operator, n: int, seed: int, device: torch.device, steps: dict[str, int]) -> dict:
-    """Score every method that supports ``op`` against the exact Gaussian posterior of one problem."""
+def gaussian_problem(op: Operator, seed: int) -> tuple[GaussianPrior, Tensor, Tensor, Tensor, Tensor]:
+    """The Gaussian problem of ``op``: prior, measurement ``y``, dense ``A`` and the exact posterior mean and cov.
+
+    ``x`` is drawn from ``GaussianPrior.smooth(SHAPE)`` and measured with noise ``SIGMA_Y``,
+    both from ``seed``; the posterior comes from the dense ``(M, N)`` matrix in float64 on the CPU.
+    """
     g = torch.Generator().manual_seed(seed)
     prior = GaussianPrior.smooth(SHAPE)
     x = prior.sample(1, generator=g, dtype=torch.float32)
     y = measure(op, x, g)
-    # Exact posterior from the dense (M, N) matrix of the operator, in float64 on the CPU.
     A = dense_matrix(op, SHAPE)
     mean, cov = gaussian_posterior(prior, A, y.double(), SIGMA_Y)
+    return prior, y, A, mean, cov
+
+
+def gaussian_case(name: str, op: Operator, n: int, seed: int, device: torch.device, steps: dict[str, int]) -> dict:
+    """Score every method that supports ``op`` against the exact Gaussian posterior of one problem."""
+    prior, y, A, mean, cov = gaussian_problem(op, seed)
 
     # Reference: i.i.d. draws of the exact posterior, what a perfect sampler scores with n samples.
     z = torch.randn(n, mean.numel(), generator=torch.Generator().manual_seed(seed + 1), dtype=_F64)
