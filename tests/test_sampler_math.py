@@ -282,3 +282,37 @@ def test_spectral_measurement_on_downsampling_matches_the_dense_svd():
     torch.testing.assert_close(y_bar, op.Vt(x)[:, :m])
     s = torch.linalg.svdvals(dense_matrix(op, (1, 1, 4, 4)))
     torch.testing.assert_close(s, torch.full((4,), 0.5, dtype=torch.float64))
+
+
+def test_spectral_measurement_nu_max_drops_components_noisier_than_it():
+    from invdiff.samplers.common import spectral_measurement
+
+    op = Downsampling(2, filter="box", image_size=(4, 4))  # every singular 1/2: nu = 2 sigma_y
+    y = op(torch.rand(1, 1, 4, 4, dtype=torch.float64))
+    kept = spectral_measurement(op, y, 0.1, nu_max=0.2)  # nu = 0.2: at the bound, kept
+    assert bool(kept[2].all())
+    y_bar, nu, measured, _, _ = spectral_measurement(op, y, 0.1, nu_max=0.19)
+    assert not bool(measured.any()) and bool(torch.isinf(nu).all()) and bool((y_bar == 0).all())
+
+
+@pytest.mark.parametrize("method", ["ddrm", "ddnm"])
+def test_svd_samplers_ignore_components_measured_above_nu_max(method):
+    from invdiff import samplers
+
+    sampler = getattr(samplers, method)
+    g = torch.Generator().manual_seed(0)
+    prior = GaussianPrior.smooth((1, 4, 4), length_scale=1.5)
+    op = Inpainting((torch.rand(1, 4, 4, generator=g) < 0.5).to(torch.float64))
+    y1, y2 = (op(torch.rand(2, 1, 4, 4, generator=g, dtype=torch.float64)) for _ in range(2))
+    sigmas = torch.linspace(2.0, 0.0, 11, dtype=torch.float64)
+
+    def run(y: torch.Tensor, nu_max: float | None) -> torch.Tensor:
+        return sampler(prior, op, y, sigmas, sigma_y=0.3, nu_max=nu_max, generator=torch.Generator().manual_seed(1))
+
+    # nu = sigma_y = 0.3 on observed pixels: nu_max 0.2 makes every pixel unmeasured, so y has no effect
+    torch.testing.assert_close(run(y1, 0.2), run(y2, 0.2), rtol=0, atol=0)
+    # nu_max above nu changes nothing against the paper's rule (None), and y matters again
+    torch.testing.assert_close(run(y1, 1.0), run(y1, None), rtol=0, atol=0)
+    assert not torch.allclose(run(y1, 1.0), run(y2, 1.0))
+    with pytest.raises(ValueError, match="nu_max"):
+        run(y1, 0.0)

@@ -277,16 +277,22 @@ def nll_grad_and_curvature(noise: object, y: Tensor, ax: Tensor) -> tuple[Tensor
 
 
 
-def spectral_measurement(op: Operator, y: Tensor, sigma_y: float) -> tuple[Tensor, Tensor, Tensor, int, int]:
+def spectral_measurement(
+    op: Operator, y: Tensor, sigma_y: float, nu_max: float | None = None
+) -> tuple[Tensor, Tensor, Tensor, int, int]:
     """DDRM's spectral view of ``y`` (Kawar et al. 2022, eq. 4): ``y_bar = Sigma^+ U^T y``, ``nu_i = sigma_y / s_i``.
 
     Returns ``(y_bar, nu, measured, m, n)``: ``y_bar`` and ``nu`` of shape ``(B, M)``
     (``nu = inf`` where ``s_i = 0``), the boolean mask ``s_i > 0``, and the
-    dimensions ``M`` of the measurement and ``N`` of the image.
+    dimensions ``M`` of the measurement and ``N`` of the image.  With ``nu_max``,
+    components measured more noisily than that (``nu_i > nu_max``, i.e.
+    ``s_i < sigma_y / nu_max``) count as unmeasured too.
     """
     w = op.Ut(y)  # (B, M)
     s = op._s(w)
     measured = s > 0
+    if nu_max is not None:
+        measured = measured & (s * nu_max >= sigma_y)
     s_safe = torch.where(measured, s, torch.ones_like(s))
     y_bar = torch.where(measured, w / s_safe, torch.zeros_like(w))
     nu = torch.where(measured, sigma_y / s_safe, torch.full_like(s, float("inf")))

@@ -23,6 +23,7 @@ def ddnm(
     eta: float = 0.85,
     travel_length: int = 1,
     travel_repeat: int = 1,
+    nu_max: float | None = 1.0,
     generator: torch.Generator | None = None,
     callback: Callable[[dict], None] | None = None,
 ) -> Tensor:
@@ -67,6 +68,10 @@ def ddnm(
         sigmas: descending levels, ``steps + 1`` values ending in 0 (reference: 100 steps).
         sigma_y: std of the Gaussian noise in ``y`` (data units).
         eta: share of fresh noise, 0.85 as in the reference configs.
+        nu_max: components measured with noise ``nu_i = sigma_y / s_i`` above this are
+            treated as unmeasured (see ``ddrm``: the partial correction would feed the
+            same noise realisation of ``y`` into them at every step); ``None`` keeps
+            every ``s_i > 0``.
         travel_length, travel_repeat: time-travel jump size and number of visits (1, 1: none).
         generator: the only source of randomness.
         callback: called after each step with ``{"i", "sigma", "sigma_next", "x", "x0_hat"}``.
@@ -82,7 +87,9 @@ def ddnm(
         raise ValueError(f"eta must lie in [0, 1], got {eta}")
 
     # y_bar = Sigma^+ U^T y and nu_i = sigma_y / s_i on the measured components.
-    y_bar, nu, measured, m, n = spectral_measurement(op, y, sigma_y)
+    if nu_max is not None and not nu_max > 0:
+        raise ValueError(f"nu_max must be positive or None, got {nu_max}")
+    y_bar, nu, measured, m, n = spectral_measurement(op, y, sigma_y, nu_max)
     noisy = measured if sigma_y > 0 else torch.zeros_like(measured)
 
     x = s_list[0] * randn(op.x_shape(y), generator, like=y_bar)

@@ -21,6 +21,7 @@ def ddrm(
     sigma_y: float = 0.0,
     eta: float = 0.85,
     eta_b: float = 1.0,
+    nu_max: float | None = 1.0,
     generator: torch.Generator | None = None,
     callback: Callable[[dict], None] | None = None,
 ) -> Tensor:
@@ -59,6 +60,16 @@ def ddrm(
         sigma_y: std of the Gaussian noise in ``y`` (data units); 0 for noiseless.
         eta: ``eta`` of the paper (the reference's ``etaA = etaC``), 0.85.
         eta_b: ``eta_b`` of the paper, 1.0.
+        nu_max: components whose measurement noise ``nu_i = sigma_y / s_i`` exceeds this
+            (data units; 1 is the whole range of ``[0, 1]`` data) are treated as
+            unmeasured, ``s_i = 0``.  Such a component tells the prior almost nothing
+            (with a prior std of 0.2, under 4% of its posterior precision), yet the
+            second rule above feeds the same fixed noise realisation
+            ``(y_bar - x0_bar) / nu_i`` of ``y`` into it at every step.  The reference's
+            deblurring SVD zeroes small singulars (1-D factors below 3e-2) and deepinv's
+            ``DDRM`` keeps only ``s_i > sigma_y``: the same cut as ``nu_max = 1``.  On
+            ``camera`` (Gaussian blur, sigma_y 0.02, 20 levels) it raises the posterior
+            mean from 26.6 to 27.2 dB.  ``None`` keeps every ``s_i > 0``, the paper's rule.
         generator: the only source of randomness.
         callback: called after each step with ``{"i", "sigma", "sigma_next", "x", "x0_hat"}``
             (``x`` the iterate at level ``sigma``).
@@ -73,7 +84,9 @@ def ddrm(
         raise ValueError(f"eta and eta_b must lie in [0, 1], got eta={eta}, eta_b={eta_b}")
 
     # Spectral quantities: y_bar = Sigma^+ U^T y and the noise level nu_i = sigma_y / s_i of each component.
-    y_bar, nu, measured, m, n = spectral_measurement(op, y, sigma_y)
+    if nu_max is not None and not nu_max > 0:
+        raise ValueError(f"nu_max must be positive or None, got {nu_max}")
+    y_bar, nu, measured, m, n = spectral_measurement(op, y, sigma_y, nu_max)
 
     # Initialise from p(x_T | y) (the reference's spectral initialisation).
     sigma_T = s_list[0]
