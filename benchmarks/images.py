@@ -564,6 +564,18 @@ def budget_cell(row: dict[str, Any], data: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
+def budget_text(data: dict[str, Any]) -> str:
+    """What the time budget cut, and how its prediction compares with the measured total."""
+    b = data["budget"]
+    cuts = "; ".join(b["cuts"]) if b["cuts"] else "none: the whole plan fits"
+    text = (f"Time budget: {b['budget_seconds'] / 60:.0f} min on this machine (`--budget-minutes`). Cuts, applied in "
+            f"a fixed order until the predicted time fits: {cuts}. Predicted {b['predicted_seconds'] / 60:.1f} min "
+            f"after {b['fit_seconds']:.0f} s of timing; measured {data['total_seconds'] / 60:.1f} min.")  # fmt: skip
+    if not b["fits"]:
+        text += " Even with every cut the prediction exceeds the budget."
+    return text
+
+
 def _note(row: dict[str, Any], plan: dict[str, Any]) -> str:
     if row["family"] == "classical":
         if row.get("lam_median") is None:
@@ -598,6 +610,8 @@ def headline(data: dict[str, Any]) -> str:
         "[benchmarks/RESULTS.md](benchmarks/RESULTS.md).",
         "",
     ]
+    if data.get("budget") and data["budget"]["cuts"]:
+        lines[0] += f" Cut to fit {data['budget']['budget_seconds'] / 60:.0f} min: {'; '.join(data['budget']['cuts'])}."
     headers = ["task", "baseline", "DDRM", "DPS", "PiGDM", "best invdiff", "margin of best"]
     table = []
     by_task: dict[str, dict[str, dict[str, Any]]] = {}
@@ -668,6 +682,8 @@ def markdown(data: dict[str, Any], figure_prefix: str = "results/figures/") -> s
         + (f" Overrides: {', '.join(plan['notes'])}." if plan["notes"] else ""),
         "",
     ]
+    if data.get("budget"):
+        lines += [budget_text(data), ""]
 
     # Margins (priors issue).
     lines += ["### Margin over the classical baseline", "",
@@ -770,18 +786,34 @@ def markdown(data: dict[str, Any], figure_prefix: str = "results/figures/") -> s
 
 def run(mode: str = "quick", device: str = "cpu", steps: dict[str, int] | None = None,
         images: Sequence[str] | None = None, size: int | None = None, seeds: Sequence[int] | None = None,
-        readme: bool = True, prior_name: str = PRIOR, methods: Sequence[str] | None = None) -> dict[str, Any]:  # fmt: skip
+        readme: bool = True, prior_name: str = PRIOR, methods: Sequence[str] | None = None,
+        budget_minutes: float | None = None) -> dict[str, Any]:  # fmt: skip
     """Run the benchmark with the shipped prior; write ``results/images.{json,md}``, figures, ``RESULTS.md``
-    and the README's benchmark block; return all numbers."""
+    and the README's benchmark block; return all numbers.
+
+    ``budget_minutes``: cut the plan (``budget.CUTS``, each cut named in the tables)
+    until its predicted time on this machine fits; ``None`` or 0 runs the plan whole.
+    """
     from invdiff.priors import load_prior
 
+    from . import budget
+
+    if budget_minutes is not None and budget_minutes < 0:
+        raise ValueError(f"--budget-minutes must be positive (0: no budget), got {budget_minutes:g}")
     plan = override(plan_for(mode), steps, images, size, seeds, methods)
-    prior = load_prior(prior_name)
+    prior = load_prior(prior_name).to(device)
+    fitted = None
+    if budget_minutes:
+        t0 = time.perf_counter()
+        predictor = budget.Predictor(prior, device, TASKS, measure, SIGMA_Y, log=_log)
+        plan, fitted = budget.fit(plan, predictor, budget_minutes * 60, deepinv_supports)
+        fitted["fit_seconds"] = time.perf_counter() - t0
     name = NAME if prior_name == PRIOR else f"{NAME}-{Path(prior_name).name}"
     imgs = {i: load_test_image(i, channels=prior.channels, size=plan.size) for i in plan.images}
     data = run_suite(plan, prior, imgs, device, figures_dir=report.RESULTS_DIR / "figures", name=name,
                      prior_name=prior_name)  # fmt: skip
     data["channels"] = prior.channels
+    data["budget"] = fitted
     # JSON: drop nothing, but keep per-run records next to their row
     report.write_json(name, data)
     section = markdown(data)

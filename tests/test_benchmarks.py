@@ -161,6 +161,11 @@ def test_suite_runs_end_to_end_on_a_tiny_problem(tmp_path: Path) -> None:
 
     md = images.markdown(data)
     assert "#### inpaint-random" in md and "2/1000 steps" in md and "1/3 seeds" in md
+    assert "Time budget" not in md
+    data["budget"] = {"budget_seconds": 600, "cuts": ["1 seed(s)"], "predicted_seconds": 420.0, "fits": True,
+                      "fit_seconds": 12.0}  # fmt: skip
+    assert "Cuts, applied in a fixed order until the predicted time fits: 1 seed(s)." in images.markdown(data)
+    assert "Cut to fit 10 min: 1 seed(s)." in images.headline(data)
     assert "inpaint-random" in images.headline(data)
     assert (tmp_path / data["figures"]["saturation"]).stat().st_size > 1000
     json.dumps(report._jsonable(data))  # everything is JSON-able
@@ -230,3 +235,42 @@ def test_parity_and_priors_suites_render_tiny_runs(tmp_path: Path, monkeypatch: 
     md = priors.markdown({"mode": "quick", "seconds": 1.0, "machine": report.machine(), "plan": tiny,
                           "natural": [block], "phantoms": ph})  # fmt: skip
     assert "sparse-30" in md and "`natural-gray` on camera" in md
+
+
+def test_budget_cuts_the_full_plan_in_order_and_names_every_cut() -> None:
+    from benchmarks import budget
+    from invdiff.priors import Prior
+
+    class Shrink(Prior):
+        """A one-parameter denoiser: any size, differentiable, nearly free."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.tensor(0.9))
+
+        def denoise(self, x: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
+            return self.w * x
+
+    # step counts: defaults above 20 scale, never below the reduced count, which stays
+    full = {"ddrm": (20, 10), "dps": (1000, 100), "score_ald": (500, 100)}
+    assert budget.scale_steps(full, 1 / 4) == {"ddrm": (20, 10), "dps": (250, 100), "score_ald": (125, 100)}
+    assert budget.scale_steps(full, 1 / 8)["score_ald"] == (100,)
+    assert budget.describe([("steps", 0.5), ("seeds", 1), ("steps", 0.25)]) == [
+        "default steps above 20 x0.25", "1 seed(s)"]  # fmt: skip
+
+    tasks = [t for t in images.TASKS if t.name in ("inpaint-random", "deblur-gaussian")]
+    predictor = budget.Predictor(Shrink(), "cpu", tasks, images.measure, images.SIGMA_Y)
+    plan = images.plan_for("full")
+    whole, rec = budget.fit(plan, predictor, 1e9, images.deepinv_supports)
+    assert whole == plan and rec["cuts"] == [] and rec["fits"]
+    # the sampler's own network calls, counted: RePaint resamples, Score-ALD takes several steps per level
+    nfe = predictor.nfe(plan)
+    assert nfe["dps", 1000] == 1000 and nfe["repaint", 250] > 250 and nfe["score_ald", 500] > 500
+
+    cut, rec = budget.fit(plan, predictor, 1e-3, images.deepinv_supports)
+    assert not rec["fits"] and len(rec["candidates"]) == len(budget.CUTS) + 1
+    assert cut.seeds == (0,) and cut.size == 128 and cut.images == ("camera",) and cut.tv_iters == (100, 10)
+    assert cut.steps["dps"] == (100,) and cut.steps["ddrm"] == plan.steps["ddrm"]
+    assert any(n.startswith("budget cuts: 1 seed(s), 128x128 crops") for n in cut.notes)
+    predicted = [c["predicted_seconds"] for c in rec["candidates"]]
+    assert predicted[-1] < predicted[0] and all(p > 0 for p in predicted)
