@@ -76,7 +76,7 @@ def parser() -> argparse.ArgumentParser:
     lat.add_argument("--zeta-scale", type=float, default=None, help="factor on the step sizes (default 1000/steps)")
     lat.add_argument("--seed", type=int, default=0, help="seed of the measurement and the samplers (default 0)")
     sch = sub.add_parser("schedule", help="each sampler's PSNR against the first noise level, on validation images")
-    _mode(sch, "2 validation crops, 3 tasks", "4 validation crops, 3 tasks")
+    _mode(sch, "2 validation crops, 4 tasks, one sample", "4 validation crops, 4 tasks, the mean of 4 samples")
     sch.add_argument("--seed", type=int, default=0, help="seed of the noise and the samplers (default 0)")
     par = sub.add_parser("parity", help="DDRM and DPS against deepinv's on the same prior, operator and levels")
     _mode(par, "camera 128x128, 8 DDRM samples, DPS at 100 steps", "camera 256x256, 16 DDRM samples, DPS at 1000 steps")

@@ -34,7 +34,9 @@ NAME = "schedule"
 PRIOR = "natural-gray"
 #: first noise levels tried (data units); ``None`` is the prior's own ``sigma_max``
 STARTS: tuple[float | None, ...] = (2.0, 5.0, 10.0, None)
-TASK_NAMES = ("inpaint-random", "deblur-gaussian", "sr4-bicubic")
+TASK_NAMES = ("inpaint-random", "inpaint-box", "deblur-gaussian", "sr4-bicubic")
+#: posterior samples per problem (scores are those of their mean): quick one, full four
+SAMPLES = {"quick": 1, "full": 4}
 VALIDATION = ("clock", "brick")
 FULL_VALIDATION = ("clock", "brick", "grass", "coins")
 
@@ -52,9 +54,9 @@ def validation_image(name: str, size: int) -> Tensor:
 
 def sweep(
     prior: Prior, problems: dict[str, Tensor], methods: dict[str, int], starts: Sequence[float | None],
-    tasks: Sequence[images.TaskSpec], seed: int = 0, log: Callable[[str], None] = print,
+    tasks: Sequence[images.TaskSpec], seed: int = 0, log: Callable[[str], None] = print, samples: int = 1,
 ) -> list[dict[str, Any]]:  # fmt: skip
-    """PSNR/SSIM of every (method, start) on every (task, image); one row each."""
+    """PSNR/SSIM of the mean of ``samples`` posterior samples for every (method, start) on every (task, image)."""
     rows: list[dict[str, Any]] = []
     for spec in tasks:
         for image, x in problems.items():
@@ -68,10 +70,11 @@ def sweep(
                 for start in starts:
                     t0 = time.perf_counter()
                     res = restore(y, op, prior, method=method, steps=steps, sigma_y=images.SIGMA_Y, seed=seed,
-                                  sigma_max=prior.sigma_max if start is None else start)  # fmt: skip
+                                  samples=samples, sigma_max=prior.sigma_max if start is None else start)  # fmt: skip
                     est = res.mean.clamp(0, 1)
                     row = {"task": spec.name, "image": image, "method": method, "steps": steps,
                            "start": prior.sigma_max if start is None else start, "prior_start": start is None,
+                           "samples": samples,
                            "psnr": float(psnr(est, x)[0]), "ssim": float(ssim(est, x)[0]),
                            "seconds": time.perf_counter() - t0}  # fmt: skip
                     rows.append(row)
@@ -115,7 +118,8 @@ def markdown(data: dict[str, Any]) -> str:
         f"Machine: {report.describe_machine(data['machine'])} Prior `{data['prior']}` (its own start: "
         f"{max(starts):g}); validation crops {data['size']}x{data['size']} of the training photographs "
         f"{', '.join(f'`{i}`' for i in data['images'])} (never the test images); sigma_y {images.SIGMA_Y}, seed "
-        f"{data['seed']}, one posterior sample; each sampler at the step count of the images benchmark's quick mode. "
+        f"{data['seed']}, {_samples_text(data.get('samples', 1))}; each sampler at the step count of the images "
+        "benchmark's quick mode. "
         f"Mean PSNR (dB) over {', '.join(data['tasks'])}; `best` is the highest mean. "
         "`METHODS[m].sigma_max` takes the best start of each method, except where the method is not a usable "
         "restorer at this step count (Score-ALD at 10 levels stays under 10 dB whatever the start); the README and "
@@ -124,6 +128,10 @@ def markdown(data: dict[str, Any]) -> str:
         "Per task (mean over the images):",
         report.markdown_table(["task", "method"] + [f"start {s:g}" for s in starts], per_task),
     ])
+
+
+def _samples_text(n: int) -> str:
+    return "one posterior sample" if n == 1 else f"the mean of {n} posterior samples"
 
 
 def render() -> None:
@@ -144,8 +152,9 @@ def run(mode: str = "quick", device: str = "cpu", seed: int = 0, log: Callable[[
     methods = {m: ks[0] for m, ks in images.QUICK_STEPS.items()}
     tasks = [t for t in images.TASKS if t.name in TASK_NAMES]
     t0 = time.perf_counter()
-    rows = sweep(prior, problems, methods, STARTS, tasks, seed=seed, log=log)
+    rows = sweep(prior, problems, methods, STARTS, tasks, seed=seed, log=log, samples=SAMPLES[mode])
     data = {"name": NAME, "mode": mode, "prior": PRIOR, "size": size, "images": list(names), "seed": seed,
+            "samples": SAMPLES[mode],
             "tasks": list(TASK_NAMES), "machine": report.machine(dev), "seconds": time.perf_counter() - t0,
             "rows": rows, "summary": summary(rows)}  # fmt: skip
     report.write_json(NAME, data)

@@ -274,3 +274,31 @@ def test_budget_cuts_the_full_plan_in_order_and_names_every_cut() -> None:
     assert any(n.startswith("budget cuts: 1 seed(s), 128x128 crops") for n in cut.notes)
     predicted = [c["predicted_seconds"] for c in rec["candidates"]]
     assert predicted[-1] < predicted[0] and all(p > 0 for p in predicted)
+
+
+def test_schedule_sweep_scores_posterior_means_per_start() -> None:
+    from benchmarks import schedule
+
+    prior = GaussianPrior.smooth((1, 16, 16), length_scale=2.0, variance=0.04, mean=0.5)
+    x = prior.sample(1, generator=torch.Generator().manual_seed(0)).float().clamp(0, 1)
+    tasks = [t for t in images.TASKS if t.name in ("inpaint-box", "sr4-bicubic")]
+    rows = schedule.sweep(prior, {"toy": x}, {"ddrm": 3, "repaint": 2}, (1.0, None), tasks, samples=2,
+                          log=lambda m: None)  # fmt: skip
+    # RePaint needs a mask: it runs on the box only; every row is the mean of 2 samples
+    assert sorted((r["task"], r["method"]) for r in rows if r["start"] == 1.0) == [
+        ("inpaint-box", "ddrm"), ("inpaint-box", "repaint"), ("sr4-bicubic", "ddrm")]  # fmt: skip
+    assert all(r["samples"] == 2 and math.isfinite(r["psnr"]) for r in rows)
+    # the mean of 2 samples is what is scored: rerun one row by hand
+    op = tasks[0].build(tuple(x.shape), 0)
+    y = images.measure(op, x, images.SIGMA_Y, 0)
+    from invdiff import restore
+
+    res = restore(y, op, prior, method="ddrm", steps=3, sigma_y=images.SIGMA_Y, seed=0, samples=2, sigma_max=1.0)
+    want = psnr(res.mean.clamp(0, 1), x).item()
+    got = next(r for r in rows if r["task"] == "inpaint-box" and r["method"] == "ddrm" and r["start"] == 1.0)
+    assert got["psnr"] == pytest.approx(want, abs=1e-9)
+    summ = schedule.summary(rows)
+    assert {s["method"] for s in summ} == {"ddrm", "repaint"} and summ[0]["problems"] == 2
+    data = {"rows": rows, "summary": summ, "machine": report.machine(), "prior": "toy", "size": 16,
+            "images": ["toy"], "seed": 0, "samples": 2, "tasks": [t.name for t in tasks]}  # fmt: skip
+    assert "the mean of 2 posterior samples" in schedule.markdown(data)
