@@ -199,7 +199,8 @@ def markdown(data: dict[str, Any]) -> str:
         f"{p['samples']} posterior samples of one measurement per row, drawn in one batch. \"deepinv's levels\": "
         f"`linspace(1, 0, {p['ddrm_steps']})`, what deepinv's `DDRM` is given (its last call, at sigma 0, returns "
         "its input: NFE counts it). PSNR of a sample: mean ± standard error over the samples; PSNR of the mean: "
-        "the posterior-mean estimate.",
+        "the posterior-mean estimate. Both treat components measured with noise above 1 (`sigma_y / s_i > 1`, "
+        "invdiff's `nu_max`) as unmeasured.",
         report.markdown_table(["task", "library", "schedule", "NFE", "PSNR of a sample", "PSNR of the mean",
                                "seconds"], ddrm_table),  # fmt: skip
         "invdiff minus deepinv (dB; target: no more than 0.2 dB below). Speed ratio: deepinv seconds / invdiff "

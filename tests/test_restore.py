@@ -164,7 +164,7 @@ def test_methods_table():
         assert m.needs <= {"svd", "linear", "mask", "latent"} and m.description
         assert all(p.default is not inspect.Parameter.empty for p in params.values()
                    if p.kind is inspect.Parameter.KEYWORD_ONLY), name
-    assert METHODS["ddrm"].knobs == {"eta": 0.85, "eta_b": 1.0}
+    assert METHODS["ddrm"].knobs == {"eta": 0.85, "eta_b": 1.0, "nu_max": 1.0}
     assert METHODS["repaint"].knobs == {"jump_length": 10, "jump_n_sample": 10}
 
 
@@ -248,7 +248,7 @@ def test_result_dict_callback_and_knobs(prior, y):
     r = restore(y, Identity(), prior, method="ddrm", steps=3, sigma_y=0.1, samples=2, eta=0.5,
                 callback=lambda info: seen.append((info["i"], info["x"].shape)))
     assert [i for i, _ in seen] == [0, 1, 2] and all(s == (2, *SHAPE) for _, s in seen)
-    assert r.knobs == {"eta": 0.5, "eta_b": 1.0}
+    assert r.knobs == {"eta": 0.5, "eta_b": 1.0, "nu_max": 1.0}
     d = r.to_dict()
     json.dumps(d)
     assert d["method"] == "ddrm" and d["steps"] == 3 and d["samples"] == 2 and d["nfe"] == 3
