@@ -804,10 +804,8 @@ def run(mode: str = "quick", device: str = "cpu", steps: dict[str, int] | None =
     prior = load_prior(prior_name).to(device)
     fitted = None
     if budget_minutes:
-        t0 = time.perf_counter()
         predictor = budget.Predictor(prior, device, TASKS, measure, SIGMA_Y, log=_log)
         plan, fitted = budget.fit(plan, predictor, budget_minutes * 60, deepinv_supports)
-        fitted["fit_seconds"] = time.perf_counter() - t0
     name = NAME if prior_name == PRIOR else f"{NAME}-{Path(prior_name).name}"
     imgs = {i: load_test_image(i, channels=prior.channels, size=plan.size) for i in plan.images}
     data = run_suite(plan, prior, imgs, device, figures_dir=report.RESULTS_DIR / "figures", name=name,

@@ -288,6 +288,8 @@ def spectral_measurement(
     components measured more noisily than that (``nu_i > nu_max``, i.e.
     ``s_i < sigma_y / nu_max``) count as unmeasured too.
     """
+    if nu_max is not None and not nu_max > 0:
+        raise ValueError(f"nu_max must be positive or None, got {nu_max}")
     w = op.Ut(y)  # (B, M)
     s = op._s(w)
     measured = s > 0

@@ -87,8 +87,6 @@ def ddnm(
         raise ValueError(f"eta must lie in [0, 1], got {eta}")
 
     # y_bar = Sigma^+ U^T y and nu_i = sigma_y / s_i on the measured components.
-    if nu_max is not None and not nu_max > 0:
-        raise ValueError(f"nu_max must be positive or None, got {nu_max}")
     y_bar, nu, measured, m, n = spectral_measurement(op, y, sigma_y, nu_max)
     noisy = measured if sigma_y > 0 else torch.zeros_like(measured)
 

@@ -84,8 +84,6 @@ def ddrm(
         raise ValueError(f"eta and eta_b must lie in [0, 1], got eta={eta}, eta_b={eta_b}")
 
     # Spectral quantities: y_bar = Sigma^+ U^T y and the noise level nu_i = sigma_y / s_i of each component.
-    if nu_max is not None and not nu_max > 0:
-        raise ValueError(f"nu_max must be positive or None, got {nu_max}")
     y_bar, nu, measured, m, n = spectral_measurement(op, y, sigma_y, nu_max)
 
     # Initialise from p(x_T | y) (the reference's spectral initialisation).
