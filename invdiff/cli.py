@@ -7,7 +7,7 @@ import os
 import shlex
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, NoReturn, Optional
 
 import typer
 
@@ -42,7 +42,7 @@ def _root() -> None:
     """Restore images and scans from degraded measurements with diffusion priors."""
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(2)
 
@@ -68,6 +68,29 @@ def _check_window(window: str | None) -> None:
             parse_window(window)
         except ValueError as e:
             _fail(str(e))
+
+
+BUILTIN_DATA = ("natural-gray", "natural-rgb", "phantoms")
+
+
+def _data_channels(data: str) -> int:
+    """Image channels of ``--data`` (a built-in set or a folder); a one-line error for anything else."""
+    if data not in BUILTIN_DATA and not Path(data).is_dir():
+        _fail(f"--data {data!r} is neither a built-in data set ({', '.join(BUILTIN_DATA)}) nor a folder")
+    return 3 if data == "natural-rgb" else 1
+
+
+def _int_tuple(option: str, value: str) -> tuple[int, ...]:
+    """``"1,2,3"`` as a tuple of ints; a one-line error naming ``option`` otherwise."""
+    try:
+        return tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        _fail(f"{option} takes comma-separated integers, got {value!r}")
+
+
+def _command_line() -> str:
+    """The command as typed, recorded in the trained prior's config."""
+    return "invdiff " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
 @app.command()
@@ -106,23 +129,16 @@ def train(
     from .training import TrainConfig
     from .training import train as run_train
 
-    try:
-        mult = tuple(int(v) for v in channel_mult.split(",") if v.strip())
-        attn = tuple(int(v) for v in attn_levels.split(",") if v.strip())
-    except ValueError:
-        _fail(f"--channel-mult and --attn-levels take comma-separated integers, got {channel_mult!r}, {attn_levels!r}")
+    mult, attn = _int_tuple("--channel-mult", channel_mult), _int_tuple("--attn-levels", attn_levels)
     if checkpoint_every < 1 or warmup_steps < 0:
         _fail(f"--checkpoint-every must be >= 1 and --warmup-steps >= 0, got {checkpoint_every} and {warmup_steps}")
-    in_ch = 3 if data == "natural-rgb" else 1
-    if data not in ("natural-gray", "natural-rgb", "phantoms"):
-        if not Path(data).is_dir():
-            _fail(f"--data {data!r} is neither a built-in data set (natural-gray, natural-rgb, phantoms) nor a folder")
+    in_ch = _data_channels(data)
     unet = UNetConfig(in_channels=in_ch, out_channels=in_ch, channels=channels, channel_mult=mult,
                       num_res_blocks=num_res_blocks, attn_levels=attn)  # fmt: skip
     cfg = TrainConfig(data=data, steps=steps, batch_size=batch_size, patch_size=patch_size, lr=lr,
                       ema_halflife_steps=ema_halflife, seed=seed, unet=unet.to_dict(), warmup_steps=warmup_steps,
                       checkpoint_every=checkpoint_every)  # fmt: skip
-    command = "invdiff " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = _command_line()
     try:
         prior = run_train(output, cfg, resume=not no_resume, num_threads=threads, progress=not quiet,
                           command=command, max_seconds=None if max_minutes is None else 60 * max_minutes,
@@ -166,19 +182,14 @@ def train_latent_cmd(
     from .priors.unet import UNetConfig
     from .training_latent import LatentTrainConfig, train_latent
 
-    try:
-        mult = tuple(int(v) for v in channel_mult.split(",") if v.strip())
-    except ValueError:
-        _fail(f"--channel-mult takes comma-separated integers, got {channel_mult!r}")
-    if data not in ("natural-gray", "natural-rgb", "phantoms") and not Path(data).is_dir():
-        _fail(f"--data {data!r} is neither a built-in data set (natural-gray, natural-rgb, phantoms) nor a folder")
-    in_ch = 3 if data == "natural-rgb" else 1
+    mult = _int_tuple("--channel-mult", channel_mult)
+    in_ch = _data_channels(data)
     ae = AutoencoderConfig(in_channels=in_ch, latent_channels=latent_channels, channels=ae_channels)
     unet = UNetConfig(in_channels=latent_channels, out_channels=latent_channels, channels=channels, channel_mult=mult)
     cfg = LatentTrainConfig(data=data, seed=seed, autoencoder=ae.to_dict(), ae_steps=ae_steps,
                             ae_batch_size=ae_batch_size, ae_patch_size=ae_patch_size, ae_lr=ae_lr, kl_weight=kl_weight,
                             unet=unet.to_dict(), steps=steps, batch_size=batch_size, patch_size=patch_size, lr=lr)  # fmt: skip
-    command = "invdiff " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = _command_line()
     try:
         train_latent(output, cfg, resume=not no_resume, num_threads=threads, progress=not quiet, command=command,
                      max_seconds=None if max_minutes is None else 60 * max_minutes)  # fmt: skip

@@ -241,6 +241,13 @@ def test_train_cli_reports_bad_data(tmp_path):
     assert r.exit_code == 2 and "neither a built-in data set" in r.output
 
 
+@pytest.mark.parametrize("option", ["--channel-mult", "--attn-levels"])
+def test_train_cli_reports_bad_integer_lists(tmp_path, option):
+    r = CliRunner().invoke(app, ["train", "--output", str(tmp_path / "o"), option, "1,two"])
+    assert r.exit_code == 2 and f"{option} takes comma-separated integers, got '1,two'" in r.output
+    assert not (tmp_path / "o").exists()
+
+
 def test_train_cli_runs(tmp_path):
     folder = _image_folder(tmp_path)
     r = CliRunner().invoke(app, ["train", "-o", str(tmp_path / "o"), "--data", str(folder), "--steps", "2",
