@@ -729,6 +729,11 @@ def markdown(data: dict[str, Any], figure_prefix: str = "results/figures/") -> s
                       ("yes" if med <= target else "no") if family == "invdiff" else "—"])  # fmt: skip
     lines += [report.markdown_table(["sampler", "steps", "floor", "overhead (median)", "range", "target", "met"],
                                     table), ""]  # fmt: skip
+    if any(method == "daps" for _, method, _ in groups):
+        lines += ["DAPS's ratio also counts its Langevin steps on x0 (`langevin_steps`, 100 by default, per level), "
+                  "each of which applies the operator and its adjoint but not the network: that work is part of the "
+                  "algorithm, not overhead of the implementation, and it weighs most where the operator is an FFT "
+                  "blur.", ""]  # fmt: skip
 
     # DPS and PiGDM against deepinv.
     for key, name in (("dps_vs_deepinv", "DPS"), ("pigdm_vs_deepinv", "PiGDM")):
