@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from invdiff import restore
+from invdiff import METHODS, restore
 from invdiff.datasets import skimage_image
 from invdiff.metrics import psnr, ssim
 from invdiff.priors import Prior, load_prior
@@ -100,13 +100,17 @@ def summary(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 def markdown(data: dict[str, Any]) -> str:
     """The ``## Schedule start`` section: mean PSNR per start, and per task."""
     starts = sorted({r["start"] for r in data["rows"]})
-    head = ["method", "steps"] + [f"start {s:g}" for s in starts] + ["best", "gain over the prior's start (dB)"]
+    head = ["method", "steps"] + [f"start {s:g}" for s in starts] + ["best", "gain over the prior's start (dB)",
+                                                                     "default", "best - default (dB)"]
     table = []
     for s in data["summary"]:
         # JSON turns the float keys into strings
         means = {float(k): v for k, v in s["mean_psnr"].items()}
         cells = [f"**{means[k]:.2f}**" if k == float(s["best_start"]) else f"{means[k]:.2f}" for k in starts]
-        table.append([s["method"], s["steps"], *cells, f"{s['best_start']:g}", f"{s['gain_over_prior_start']:+.2f}"])
+        default = METHODS[s["method"]].sigma_max or max(starts)
+        lost = f"{means[float(s['best_start'])] - means[default]:+.2f}" if default in means else "—"
+        table.append([s["method"], s["steps"], *cells, f"{s['best_start']:g}", f"{s['gain_over_prior_start']:+.2f}",
+                      f"{default:g}", lost])  # fmt: skip
     per_task = []
     for task in dict.fromkeys(r["task"] for r in data["rows"]):
         for method in dict.fromkeys(r["method"] for r in data["rows"] if r["task"] == task):
@@ -121,9 +125,10 @@ def markdown(data: dict[str, Any]) -> str:
         f"{data['seed']}, {_samples_text(data.get('samples', 1))}; each sampler at the step count of the images "
         "benchmark's quick mode. "
         f"Mean PSNR (dB) over {', '.join(data['tasks'])}; `best` is the highest mean. "
-        "`METHODS[m].sigma_max` takes the best start of each method, except where the method is not a usable "
-        "restorer at this step count (Score-ALD at 10 levels stays under 10 dB whatever the start); the README and "
-        "`invdiff/methods.py` say which.",
+        "`default` is the start `restore` uses (`METHODS[m].sigma_max`, else the prior's own) and `best - default` "
+        "what this sweep says it leaves: the defaults were set from this sweep when it last moved them (see "
+        "`invdiff/methods.py`), and a default changes together with a rerun of the suites it feeds, never alone. "
+        "Score-ALD keeps the prior's start: at 10 levels it is no restorer whatever the start.",
         report.markdown_table(head, table),
         "Per task (mean over the images):",
         report.markdown_table(["task", "method"] + [f"start {s:g}" for s in starts], per_task),
