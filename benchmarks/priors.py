@@ -36,8 +36,8 @@ METHOD_NAMES = ("ddrm", "pigdm", "dps")
 #: the test images of each natural prior (gray versions of the colour ones for natural-gray)
 IMAGES = {"natural-gray": ("camera", "astronaut", "coffee"), "natural-rgb": ("astronaut", "coffee")}
 PLANS: dict[str, dict[str, Any]] = {
-    "quick": {"size": 128, "images": {"natural-gray": ("camera",), "natural-rgb": ("astronaut",)}, "samples": 4,
-              "steps": {"ddrm": 20, "pigdm": 50, "dps": 100}, "seeds": (0,)},
+    "quick": {"size": 128, "images": {"natural-gray": ("camera",), "natural-rgb": ("astronaut",)}, "samples": 8,
+              "steps": {"ddrm": 20, "pigdm": 100, "dps": 100}, "seeds": (0,)},
     "full": {"size": 256, "images": IMAGES, "samples": 8, "steps": {"ddrm": 20, "pigdm": 100, "dps": 1000},
              "seeds": (0, 1)},
 }  # fmt: skip
