@@ -70,13 +70,12 @@ def _check_window(window: str | None) -> None:
             _fail(str(e))
 
 
-BUILTIN_DATA = ("natural-gray", "natural-rgb", "phantoms")
-
-
 def _data_channels(data: str) -> int:
     """Image channels of ``--data`` (a built-in set or a folder); a one-line error for anything else."""
-    if data not in BUILTIN_DATA and not Path(data).is_dir():
-        _fail(f"--data {data!r} is neither a built-in data set ({', '.join(BUILTIN_DATA)}) nor a folder")
+    from .datasets import BUILTIN
+
+    if data not in BUILTIN and not Path(data).is_dir():
+        _fail(f"--data {data!r} is neither a built-in data set ({', '.join(BUILTIN)}) nor a folder")
     return 3 if data == "natural-rgb" else 1
 
 
