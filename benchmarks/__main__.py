@@ -6,7 +6,7 @@
 ``python -m benchmarks latent [--quick | --full] [--device cpu] [--steps 100] [--zeta-scale 10]``,
 ``python -m benchmarks schedule [--quick | --full]`` (where each sampler's schedule should start),
 ``python -m benchmarks parity [--quick | --full]`` (DDRM and DPS against deepinv's on the same problems),
-``python -m benchmarks priors [--quick | --full]`` (each shipped prior's margins over the classical baselines),
+``python -m benchmarks priors [--quick | --full] [--images all] [--methods ddrm,pigdm]`` (each shipped prior's margins over the classical baselines),
 ``python -m benchmarks all [--quick | --full]`` (every benchmark in turn)."""
 
 from __future__ import annotations
@@ -82,8 +82,12 @@ def parser() -> argparse.ArgumentParser:
     _mode(par, "camera 128x128, 8 DDRM samples, DPS at 100 steps", "camera 256x256, 16 DDRM samples, DPS at 1000 steps")
     par.add_argument("--seed", type=int, default=0, help="seed of the measurement and the samplers (default 0)")
     pri = sub.add_parser("priors", help="each shipped prior with DDRM, PiGDM and DPS against the classical baselines")
-    _mode(pri, "camera (gray) and astronaut (RGB) at 128x128, 4 samples, reduced steps",
+    _mode(pri, "camera (gray) and astronaut (RGB) at 128x128, 8 samples, reduced steps",
           "all test images at 256x256, 8 samples, 2 seeds, default steps")
+    pri.add_argument("--images", default=None,
+                     help="comma-separated test images instead of the mode's, or 'all' (each prior runs those among "
+                          "its own test images)")  # fmt: skip
+    pri.add_argument("--methods", default=None, help="comma-separated subset of ddrm,pigdm,dps (default: all three)")
     every = sub.add_parser("all", help="every benchmark above in turn: regenerates every committed number and figure")
     _mode(every, "every suite's quick mode", "every suite's full mode")
     return p
@@ -142,7 +146,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     elif args.benchmark == "priors":
         from . import priors
 
-        priors.run(args.mode, device=args.device)
+        try:
+            priors.run(args.mode, device=args.device, images=_csv(args.images), methods=_csv(args.methods))
+        except ValueError as e:
+            raise SystemExit(f"error: {e}") from None
     elif args.benchmark in ("schedule", "parity"):
         import importlib
 

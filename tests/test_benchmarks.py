@@ -228,14 +228,30 @@ def test_parity_and_priors_suites_render_tiny_runs(tmp_path: Path, monkeypatch: 
     assert len(ph) == 1 and ph[0]["margin_db"] == pytest.approx(25.5 - 21.0) and ph[0]["baseline"] == "fbp"
     prior.channels = 1  # the shipped priors say how many channels they model
     monkeypatch.setattr(priors, "load_prior", lambda name: prior)
-    tiny = {"size": 16, "images": {"natural-gray": ("camera",)}, "samples": 2, "steps": {"ddrm": 2, "pigdm": 2,
-            "dps": 2}, "seeds": (0,)}  # fmt: skip
+    tiny = {"size": 16, "images": {"natural-gray": ("camera", "coffee")}, "samples": 2,
+            "steps": {"ddrm": 2, "pigdm": 2, "dps": 2}, "seeds": (0,)}  # fmt: skip
     block = priors.natural_rows("natural-gray", tiny, "cpu", lambda m: None)
     assert {m["task"] for m in block["margins"]} == set(priors.TASK_NAMES)
     assert all(m["steps"] == 2 for m in block["margins"])
     md = priors.markdown({"mode": "quick", "seconds": 1.0, "machine": report.machine(), "plan": tiny,
-                          "natural": [block], "phantoms": ph})  # fmt: skip
-    assert "sparse-30" in md and "`natural-gray` on camera" in md
+                          "natural": [block], "phantoms": ph, "overrides": {"images": "all", "methods": None}})
+    assert "sparse-30" in md and "`natural-gray` on camera, coffee" in md and "--quick --images all`" in md
+    # the per-image margins average back to the row's margin
+    m = next(m for m in block["margins"] if m["method"] == "ddrm" and not m["best_invdiff"])
+    per = dict(item.rsplit(" ", 1) for item in priors.per_image_margins(block["rows"], m).split(", "))
+    assert set(per) == {"camera", "coffee"}
+    assert sum(float(v) for v in per.values()) / 2 == pytest.approx(m["margin_db"], abs=0.01)
+    assert "margin per image (dB)" in md
+
+    # overriding the plan: every test image, a subset of samplers; bad names fail before any run
+    plan = priors.make_plan("quick", "all", ["ddrm", "pigdm"])
+    assert plan["images"] == priors.IMAGES and set(plan["steps"]) == {"ddrm", "pigdm"}
+    assert priors.PLANS["quick"]["images"]["natural-gray"] == ("camera",)  # the mode's own plan is untouched
+    assert priors.make_plan("quick", ["camera"])["images"] == {"natural-gray": ("camera",), "natural-rgb": ()}
+    with pytest.raises(ValueError, match="not a test image"):
+        priors.make_plan("quick", ["brick"])
+    with pytest.raises(ValueError, match="judged with"):
+        priors.make_plan("quick", None, ["repaint"])
 
 
 def test_budget_cuts_the_full_plan_in_order_and_names_every_cut() -> None:
