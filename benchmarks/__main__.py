@@ -6,7 +6,8 @@
 ``python -m benchmarks latent [--quick | --full] [--device cpu] [--steps 100] [--zeta-scale 10]``,
 ``python -m benchmarks schedule [--quick | --full]`` (where each sampler's schedule should start),
 ``python -m benchmarks parity [--quick | --full]`` (DDRM and DPS against deepinv's on the same problems),
-``python -m benchmarks priors [--quick | --full] [--images all] [--methods ddrm,pigdm]`` (each shipped prior's margins over the classical baselines),
+``python -m benchmarks priors [--quick | --full] [--images all] [--methods ddrm,pigdm] [--samples 8]
+[--steps dps=1000] [--out priors]`` (each shipped prior's margins over the classical baselines),
 ``python -m benchmarks all [--quick | --full]`` (every benchmark in turn)."""
 
 from __future__ import annotations
@@ -88,6 +89,11 @@ def parser() -> argparse.ArgumentParser:
                      help="comma-separated test images instead of the mode's, or 'all' (each prior runs those among "
                           "its own test images)")  # fmt: skip
     pri.add_argument("--methods", default=None, help="comma-separated subset of ddrm,pigdm,dps (default: all three)")
+    pri.add_argument("--samples", type=int, default=None, help="posterior samples per estimate (quick and full: 8)")
+    pri.add_argument("--steps", type=_steps, action="append", default=[], metavar="METHOD=N",
+                     help="run METHOD with N steps instead of the mode's (marked in the tables); repeatable")
+    pri.add_argument("--out", default="priors",
+                     help="results name: results/OUT.{json,md} (default priors; e.g. priors-dps keeps priors.*)")
     every = sub.add_parser("all", help="every benchmark above in turn: regenerates every committed number and figure")
     _mode(every, "every suite's quick mode", "every suite's full mode")
     return p
@@ -147,7 +153,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         from . import priors
 
         try:
-            priors.run(args.mode, device=args.device, images=_csv(args.images), methods=_csv(args.methods))
+            priors.run(args.mode, device=args.device, images=_csv(args.images), methods=_csv(args.methods),
+                       samples=args.samples, steps=dict(args.steps), out=args.out)  # fmt: skip
         except ValueError as e:
             raise SystemExit(f"error: {e}") from None
     elif args.benchmark in ("schedule", "parity"):

@@ -252,6 +252,12 @@ def test_parity_and_priors_suites_render_tiny_runs(tmp_path: Path, monkeypatch: 
         priors.make_plan("quick", ["brick"])
     with pytest.raises(ValueError, match="judged with"):
         priors.make_plan("quick", None, ["repaint"])
+    dps = priors.make_plan("quick", ["camera"], ["dps"], samples=1, steps={"dps": 1000})
+    assert dps["steps"] == {"dps": 1000} and dps["samples"] == 1
+    with pytest.raises(ValueError, match="does not use"):
+        priors.make_plan("quick", None, ["dps"], steps={"ddrm": 50})
+    with pytest.raises(ValueError, match="out must be"):
+        priors.run("quick", out="../elsewhere")
 
 
 def test_budget_cuts_the_full_plan_in_order_and_names_every_cut() -> None:
