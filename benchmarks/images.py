@@ -98,9 +98,13 @@ TASKS: tuple[TaskSpec, ...] = (
 
 
 def measure(op: Operator, x: Tensor, sigma_y: float, seed: int) -> Tensor:
-    """``y = A(x) + sigma_y e`` with ``e`` from ``seed`` (on observed pixels only for inpainting); float32."""
+    """``y = A(x) + sigma_y e`` with ``e`` from ``seed`` (on observed pixels only for inpainting); float32.
+
+    ``e`` is drawn on the CPU and moved, so a seed gives the same measurement on every device.
+    """
     ax = op(x)
-    e = torch.randn(ax.shape, generator=torch.Generator().manual_seed(10_000 + seed), dtype=ax.dtype).to(ax.device)
+    gen = torch.Generator("cpu").manual_seed(10_000 + seed)
+    e = torch.randn(ax.shape, generator=gen, dtype=ax.dtype, device="cpu").to(ax.device)
     if isinstance(op, Inpainting):
         e = e * op.mask.to(e)
     return (ax + sigma_y * e).float()
