@@ -34,7 +34,18 @@ def _mode(p: argparse.ArgumentParser, quick: str, full: str | None = None) -> No
     group.add_argument("--quick", dest="mode", action="store_const", const="quick", help=f"{quick} (default)")
     group.add_argument("--full", dest="mode", action="store_const", const="full", help=full)
     p.set_defaults(mode="quick")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+    p.add_argument("--device", default="cpu", type=_device, help="torch device, e.g. cpu or cuda (default cpu)")
+
+
+def _device(text: str) -> str:
+    """``--device``: a device this machine has (checked before any suite loads a prior)."""
+    from invdiff.devices import resolve_device
+
+    try:
+        resolve_device(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
 
 
 def parser() -> argparse.ArgumentParser:

@@ -272,9 +272,8 @@ def restore_cmd(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the summary line."),
 ) -> None:
     """Restore each input: simulate its measurement with the task's operator, or read it (--measured)."""
-    import torch
-
     from .batch import restore_files, summarise
+    from .devices import resolve_device
     from .methods import METHODS
     from .priors import load_prior
 
@@ -294,8 +293,10 @@ def restore_cmd(
     _check_window(window)
     if method not in METHODS:
         _fail(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        _fail(f"--device {device} asked for, but torch sees no CUDA device; use --device cpu")
+    try:
+        resolve_device(device)
+    except ValueError as e:
+        _fail(f"--device: {e}")
     prior = prior or default_prior(task)
     try:
         p = load_prior(prior)

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from .datasets import BUILTIN, TEST_IMAGES, TRAIN_PHOTOS, PatchSampler
+from .devices import resolve_device
 from .priors.trained import UNetPrior
 from .priors.unet import UNetConfig, count_parameters
 
@@ -200,9 +201,7 @@ def train(
     set from the measured speed (``config.steps`` is only the first guess).
     """
     cfg = config or TrainConfig()
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device} asked for, but torch sees no CUDA device; use cpu")
+    device = resolve_device(device)
     if workers < 0:
         raise ValueError(f"workers must be >= 0, got {workers}")
     out = Path(output)

@@ -93,6 +93,7 @@ def test_ground_truth_folder_is_matched_by_name(folder, tmp_path):
         (["--task", "inpaint", "--kernel", "gaussian:2"], "--kernel does not apply to --task inpaint"),
         (["--task", "deblur", "--kernel", "blob:3"], "neither gaussian:SIGMA"),
         (["--task", "inpaint", "--device", "cuda"], "torch sees no CUDA device"),
+        (["--task", "inpaint", "--device", "gpu"], "unknown device 'gpu'; use cpu, cuda or cuda:N"),
         (["--task", "inpaint", "--ground-truth", "/no/such/dir"], "--ground-truth /no/such/dir does not exist"),
         (["--task", "deblur", "--method", "repaint"], "method 'repaint' needs an inpainting operator"),
         (["--task", "ct", "--dose", "1000", "--method", "ddrm"], "method 'ddrm' needs an operator with an SVD"),

@@ -14,6 +14,7 @@ import torch
 from device_probe import DeviceMismatch, DeviceProbe
 
 from invdiff import METHODS, restore
+from invdiff.devices import resolve_device
 from invdiff.restore import check_method
 from invdiff.priors import GaussianMixturePrior, GaussianPrior, load_prior
 from invdiff.tasks import build_operator
@@ -42,6 +43,22 @@ def test_probe_lets_the_correct_forms_through():
         _ = data * torch.tensor(2.0)  # 0-d CPU tensors mix with CUDA tensors in torch
         scale = torch.linspace(0, 1, 3) ** 2  # work among default-device tensors only is fine
         _ = float(scale.sum())
+
+
+# -- device names ------------------------------------------------------------------------------------
+
+
+def test_device_names_are_checked_before_any_work():
+    from benchmarks.__main__ import main
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="unknown device 'gpu'; use cpu, cuda or cuda:N"):
+        resolve_device("gpu")
+    missing = "cuda" if not torch.cuda.is_available() else f"cuda:{torch.cuda.device_count()}"
+    with pytest.raises(ValueError, match="asked for, but torch sees"):
+        resolve_device(missing)
+    with pytest.raises(SystemExit):  # argparse: usage and one error line, before any suite starts
+        main(["priors", "--quick", "--device", missing])
 
 
 # -- samplers on operators and priors ------------------------------------------------------------------
