@@ -99,7 +99,8 @@ def parser() -> argparse.ArgumentParser:
     pri.add_argument("--images", default=None,
                      help="comma-separated test images instead of the mode's, or 'all' (each prior runs those among "
                           "its own test images)")  # fmt: skip
-    pri.add_argument("--methods", default=None, help="comma-separated subset of ddrm,pigdm,dps (default: all three)")
+    pri.add_argument("--methods", default=None,
+                     help="comma-separated samplers: ddrm, pigdm, dps (default: all three), also ddnm, diffpir")
     pri.add_argument("--samples", type=int, default=None, help="posterior samples per estimate (quick and full: 8)")
     pri.add_argument("--steps", type=_steps, action="append", default=[], metavar="METHOD=N",
                      help="run METHOD with N steps instead of the mode's (marked in the tables); repeatable")

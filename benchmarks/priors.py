@@ -14,7 +14,8 @@ scoring are the same as there.  ``python -m benchmarks priors [--quick | --full]
 writes ``results/priors.{json,md}`` and one figure per prior and task.  The quick
 plan scores one crop per prior; ``--images all`` scores every test image with it
 (the margins are then means over the images, and each is also given image by
-image), and ``--methods dps --samples 1 --steps dps=1000 --out priors-dps`` scores
+image); ``--methods`` may also name DDNM and DiffPIR (run at their default
+steps, ``--out priors-ddnm`` keeps them beside the main table); and ``--methods dps --samples 1 --steps dps=1000 --out priors-dps`` scores
 DPS at its default steps beside them, one sample per image, since 1000 steps of a
 batch of 8 with a backward pass each are hours per image on a CPU.
 """
@@ -38,6 +39,9 @@ from . import images, report
 NAME = "priors"
 TASK_NAMES = ("inpaint-random", "sr4-bicubic", "deblur-gaussian")
 METHOD_NAMES = ("ddrm", "pigdm", "dps")
+#: samplers run only when ``--methods`` names them, at their default steps: the better linear-problem
+#: samplers the priors can also be judged with
+EXTRA_METHODS = ("ddnm", "diffpir")
 #: the test images of each natural prior (gray versions of the colour ones for natural-gray)
 IMAGES = {"natural-gray": ("camera", "astronaut", "coffee"), "natural-rgb": ("astronaut", "coffee")}
 PLANS: dict[str, dict[str, Any]] = {
@@ -214,10 +218,11 @@ def make_plan(mode: str, images: Sequence[str] | str | None = None, methods: Seq
                                  f"{', '.join(sorted(known))}); pass some of those, or 'all'")  # fmt: skip
             plan["images"] = {prior: tuple(i for i in names if i in images) for prior, names in IMAGES.items()}
     if methods is not None:
-        bad = [m for m in methods if m not in METHOD_NAMES]
+        allowed = (*METHOD_NAMES, *EXTRA_METHODS)
+        bad = [m for m in methods if m not in allowed]
         if bad or not methods:
-            raise ValueError(f"the priors are judged with {', '.join(METHOD_NAMES)}; got {', '.join(methods) or 'none'}")
-        plan["steps"] = {m: k for m, k in plan["steps"].items() if m in methods}
+            raise ValueError(f"the priors are judged with {', '.join(allowed)}; got {', '.join(methods) or 'none'}")
+        plan["steps"] = {m: plan["steps"].get(m, METHODS[m].steps) for m in allowed if m in methods}
     for m, k in (steps or {}).items():
         if m not in plan["steps"]:
             raise ValueError(f"--steps names {m}, which this run does not use (it runs {', '.join(plan['steps'])})")

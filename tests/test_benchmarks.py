@@ -252,6 +252,8 @@ def test_parity_and_priors_suites_render_tiny_runs(tmp_path: Path, monkeypatch: 
         priors.make_plan("quick", ["brick"])
     with pytest.raises(ValueError, match="judged with"):
         priors.make_plan("quick", None, ["repaint"])
+    extra = priors.make_plan("quick", "all", ["ddnm", "ddrm"])
+    assert extra["steps"] == {"ddrm": 20, "ddnm": 100}  # an extra sampler runs at its default steps
     dps = priors.make_plan("quick", ["camera"], ["dps"], samples=1, steps={"dps": 1000})
     assert dps["steps"] == {"dps": 1000} and dps["samples"] == 1
     with pytest.raises(ValueError, match="does not use"):
