@@ -154,8 +154,11 @@ def markdown(data: dict[str, Any]) -> str:
                      f"{t.get('total_steps', t.get('steps_done', '?'))} training steps in all)")  # fmt: skip
         several = len(block["images"]) > 1
         table = []
+        named = {(m["task"], m["method"], m["steps"]) for m in block["margins"] if not m["best_invdiff"]}
         for m in block["margins"]:
-            if m["best_invdiff"]:
+            # the margins name DDRM, DPS and PiGDM and then the best row; the best row shows only when it is
+            # another sampler (an extra one of --methods)
+            if m["best_invdiff"] and (m["task"], m["method"], m["steps"]) in named:
                 continue
             default = METHODS[m["method"]].steps
             steps = m["steps"] if m["steps"] >= default else f"{m['steps']} (default {default})"

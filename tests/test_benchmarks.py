@@ -242,6 +242,12 @@ def test_parity_and_priors_suites_render_tiny_runs(tmp_path: Path, monkeypatch: 
     assert set(per) == {"camera", "coffee"}
     assert sum(float(v) for v in per.values()) / 2 == pytest.approx(m["margin_db"], abs=0.01)
     assert "margin per image (dB)" in md
+    # a sampler beyond DDRM, PiGDM and DPS (--methods ddnm) gets its own row per task
+    one = {**tiny, "images": {"natural-gray": ("camera",)}, "steps": {"ddnm": 2}}
+    extra = priors.natural_rows("natural-gray", one, "cpu", lambda m: None)
+    md = priors.markdown({"mode": "quick", "seconds": 1.0, "machine": report.machine(), "plan": one,
+                          "natural": [extra], "phantoms": [], "overrides": {"methods": ["ddnm"]}, "out": "priors-ddnm"})
+    assert md.count("| ddnm | 2 (default 100) |") == len(priors.TASK_NAMES) and "--out priors-ddnm" in md
 
     # overriding the plan: every test image, a subset of samplers; bad names fail before any run
     plan = priors.make_plan("quick", "all", ["ddrm", "pigdm"])
