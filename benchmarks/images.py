@@ -443,8 +443,10 @@ def _rows(task: str, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def margins(rows: Sequence[dict[str, Any]], tasks: Sequence[TaskSpec]) -> list[dict[str, Any]]:
-    """Per task: DDRM, DPS, PiGDM (most steps run) and the best invdiff row against the task's classical baseline.
+def margins(rows: Sequence[dict[str, Any]], tasks: Sequence[TaskSpec],
+            methods: Sequence[str] = ("ddrm", "dps", "pigdm")) -> list[dict[str, Any]]:  # fmt: skip
+    """Per task: each of ``methods`` that ran (most steps run) and the best invdiff row against the task's
+    classical baseline.
 
     The baseline is the better (by mean PSNR) of those the priors issue names for
     the task's kind (``baselines.REFERENCE``); ``best_classical`` is the best of all
@@ -461,7 +463,7 @@ def margins(rows: Sequence[dict[str, Any]], tasks: Sequence[TaskSpec]) -> list[d
         best_classical = max(classical, key=lambda r: r["psnr"])
         ours = [r for r in task_rows if r["family"] == "invdiff"]
         entries = []
-        for method in ("ddrm", "dps", "pigdm"):
+        for method in methods:
             cands = [r for r in ours if r["method"] == method]
             if cands:
                 entries.append(max(cands, key=lambda r: r["steps"]))

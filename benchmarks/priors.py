@@ -15,9 +15,10 @@ writes ``results/priors.{json,md}`` and one figure per prior and task.  The quic
 plan scores one crop per prior; ``--images all`` scores every test image with it
 (the margins are then means over the images, and each is also given image by
 image); ``--methods`` may also name DDNM and DiffPIR (run at their default
-steps, ``--out priors-ddnm`` keeps them beside the main table); and ``--methods dps --samples 1 --steps dps=1000 --out priors-dps`` scores
-DPS at its default steps beside them, one sample per image, since 1000 steps of a
-batch of 8 with a backward pass each are hours per image on a CPU.
+steps; ``--out priors-ddnm`` keeps them beside the main table); and
+``--methods dps --samples 1 --steps dps=1000 --out priors-dps`` scores DPS at its
+default steps beside them, one sample per image, since 1000 steps of a batch of 8
+with a backward pass each are hours per image on a CPU.
 """
 
 from __future__ import annotations
@@ -69,8 +70,14 @@ def natural_rows(prior_name: str, plan: dict[str, Any], device: str, log: Callab
     data = images.run_suite(run_plan, prior, imgs, device, tasks=tasks, figures_dir=report.RESULTS_DIR / "figures",
                             log=log, name=f"{out}-{prior_name}", prior_name=prior_name)  # fmt: skip
     return {"prior": prior_name, "channels": prior.channels, "images": list(run_plan.images),
-            "training": data["prior_config"], "margins": data["margins"], "rows": data["rows"],
+            "training": data["prior_config"], "margins": block_margins(data["rows"]), "rows": data["rows"],
             "figures": data["figures"], "seconds": data["total_seconds"]}  # fmt: skip
+
+
+def block_margins(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The images suite's margins of one prior's rows, for every sampler the priors may run."""
+    tasks = [t for t in images.TASKS if t.name in TASK_NAMES]
+    return images.margins(rows, tasks, methods=("ddrm", "dps", "pigdm", *EXTRA_METHODS))
 
 
 def phantom_rows() -> list[dict[str, Any]]:
@@ -154,11 +161,8 @@ def markdown(data: dict[str, Any]) -> str:
                      f"{t.get('total_steps', t.get('steps_done', '?'))} training steps in all)")  # fmt: skip
         several = len(block["images"]) > 1
         table = []
-        named = {(m["task"], m["method"], m["steps"]) for m in block["margins"] if not m["best_invdiff"]}
-        for m in block["margins"]:
-            # the margins name DDRM, DPS and PiGDM and then the best row; the best row shows only when it is
-            # another sampler (an extra one of --methods)
-            if m["best_invdiff"] and (m["task"], m["method"], m["steps"]) in named:
+        for m in block_margins(block["rows"]):  # derived from the rows, so results of older runs render alike
+            if m["best_invdiff"]:
                 continue
             default = METHODS[m["method"]].steps
             steps = m["steps"] if m["steps"] >= default else f"{m['steps']} (default {default})"

@@ -69,7 +69,9 @@ class DeviceProbe(TorchFunctionMode):
         out = func(*args, **kwargs)
         results = [t for t in _tensors((out,), None)]
         if func in FACTORIES:
-            if kwargs.get("device") is None and not (func is torch.as_tensor and _has_tensor(args)):
+            # as_tensor of a tensor keeps that tensor's device
+            keeps = func is torch.as_tensor and bool(args) and isinstance(args[0], torch.Tensor)
+            if kwargs.get("device") is None and not keeps:
                 self._mark(results)
             return out
         if func in MOVES and _moves_device(func, args, kwargs):
@@ -89,7 +91,3 @@ class DeviceProbe(TorchFunctionMode):
             if not real:
                 self._mark(r for r in results if all(r is not i for i in inputs))
         return out
-
-
-def _has_tensor(args) -> bool:
-    return any(isinstance(a, torch.Tensor) for a in args[:1])
