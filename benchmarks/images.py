@@ -130,6 +130,7 @@ class Plan:
     net_reps: int = 3  # repetitions of each t_net measurement (median)
     lpips: bool = True
     notes: tuple[str, ...] = field(default_factory=tuple)
+    knobs: dict[str, dict[str, float]] = field(default_factory=dict)  # invdiff method -> knobs passed to restore
 
 
 #: reduced step counts of the full mode (each method also runs at its default)
@@ -175,7 +176,7 @@ def override(plan: Plan, steps: dict[str, int] | None = None, images: Sequence[s
     return Plan(
         plan.mode, tuple(images) if images else plan.images, size if size is not None else plan.size,
         tuple(seeds) if seeds else plan.seeds, plan.samples, new_steps, deepinv, plan.tv_iters,
-        plan.tv_lambdas, plan.scaling, plan.net_reps, plan.lpips, notes,
+        plan.tv_lambdas, plan.scaling, plan.net_reps, plan.lpips, notes, plan.knobs,
     )  # fmt: skip
 
 
@@ -385,7 +386,7 @@ def _problem_rows(
             try:
                 res, seconds, mib = cost.timed(
                     lambda: restore(y, op, prior, method=method, steps=k, sigma_y=SIGMA_Y, samples=plan.samples,
-                                    seed=seed), device)  # fmt: skip
+                                    seed=seed, **plan.knobs.get(method, {})), device)  # fmt: skip
                 add("invdiff", method, k, res.mean, res.nfe, seconds, mib)
             except Exception as e:
                 add("invdiff", method, k, None, None, None, None, error=f"{type(e).__name__}: {e}")

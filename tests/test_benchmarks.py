@@ -248,6 +248,16 @@ def test_parity_and_priors_suites_render_tiny_runs(tmp_path: Path, monkeypatch: 
     md = priors.markdown({"mode": "quick", "seconds": 1.0, "machine": report.machine(), "plan": one,
                           "natural": [extra], "phantoms": [], "overrides": {"methods": ["ddnm"]}, "out": "priors-ddnm"})
     assert md.count("| ddnm | 2 (default 100) |") == len(priors.TASK_NAMES) and "--out priors-ddnm" in md
+    # DPS below its 1000 steps runs with the reference's total guidance, zeta = 1000 / steps, and says so
+    seen: list[dict] = []
+    real_restore = images.restore
+    monkeypatch.setattr(images, "restore", lambda *a, **k: seen.append(k) or real_restore(*a, **k))
+    few = {**one, "steps": {"dps": 2}, "knobs": {"dps": {"zeta": priors.dps_zeta(2)}}}
+    dps_block = priors.natural_rows("natural-gray", few, "cpu", lambda m: None)
+    assert len(seen) == len(priors.TASK_NAMES) and all(k["method"] == "dps" and k["zeta"] == 500 for k in seen)
+    md = priors.markdown({"mode": "quick", "seconds": 1.0, "machine": report.machine(), "plan": few,
+                          "natural": [dps_block], "phantoms": [], "overrides": {"methods": ["dps"]}})
+    assert "DPS zeta = 1000 / steps = 500" in md
 
     # overriding the plan: every test image, a subset of samplers; bad names fail before any run
     plan = priors.make_plan("quick", "all", ["ddrm", "pigdm"])
@@ -262,6 +272,9 @@ def test_parity_and_priors_suites_render_tiny_runs(tmp_path: Path, monkeypatch: 
     assert extra["steps"] == {"ddrm": 20, "ddnm": 100}  # an extra sampler runs at its default steps
     dps = priors.make_plan("quick", ["camera"], ["dps"], samples=1, steps={"dps": 1000})
     assert dps["steps"] == {"dps": 1000} and dps["samples"] == 1
+    assert dps["knobs"] == {"dps": {"zeta": 1.0}}  # the reference's step at its own 1000 steps
+    assert priors.make_plan("quick", None, ["dps"])["knobs"] == {"dps": {"zeta": 10.0}}  # 100 steps, same total
+    assert priors.make_plan("quick", None, ["ddrm"])["knobs"] == {}
     with pytest.raises(ValueError, match="does not use"):
         priors.make_plan("quick", None, ["dps"], steps={"ddrm": 50})
     with pytest.raises(ValueError, match="out must be"):
