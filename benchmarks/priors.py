@@ -249,6 +249,8 @@ def make_plan(mode: str, images: Sequence[str] | str | None = None, methods: Seq
     for m, k in (steps or {}).items():
         if m not in plan["steps"]:
             raise ValueError(f"--steps names {m}, which this run does not use (it runs {', '.join(plan['steps'])})")
+        if int(k) < 1:
+            raise ValueError(f"--steps {m}={k}: a sampler needs at least 1 step")
         plan["steps"][m] = k
     if samples is not None:
         if samples < 1:

@@ -277,6 +277,8 @@ def test_parity_and_priors_suites_render_tiny_runs(tmp_path: Path, monkeypatch: 
     assert priors.make_plan("quick", None, ["ddrm"])["knobs"] == {}
     with pytest.raises(ValueError, match="does not use"):
         priors.make_plan("quick", None, ["dps"], steps={"ddrm": 50})
+    with pytest.raises(ValueError, match="at least 1 step"):
+        priors.make_plan("quick", None, ["dps"], steps={"dps": 0})
     with pytest.raises(ValueError, match="out must be"):
         priors.run("quick", out="../elsewhere")
 
