@@ -32,6 +32,7 @@ from torch import Tensor
 
 from invdiff import METHODS, restore
 from invdiff.ct import SETUPS, ct_operator, tv_reconstruction
+from invdiff.samplers.dps import zeta_for_steps
 
 from . import report
 from .medical import (
@@ -101,7 +102,7 @@ def run_setup(setup: str, x: Tensor, prior, mode: str, seed: int, device: torch.
     op_svd = ct_operator(SIZE, setup, svd=True, cache_dir=SVD_CACHE).to(device)
     svd_seconds = time.perf_counter() - t
     for method in ("ddrm", "pigdm", "dps", "score_ald"):
-        knobs = {"zeta": 1000.0 / steps[method]} if method == "dps" else {}
+        knobs = {"zeta": zeta_for_steps(steps[method])} if method == "dps" else {}
         r = restore(y, op_svd if method == "ddrm" else op, prior, method=method, steps=steps[method],
                     sigma_y=SIGMA_Y * op.scale, seed=seed, **knobs)  # fmt: skip
         rec.add(method, r.mean, r.seconds, steps=r.steps, default_steps=METHODS[method].steps, nfe=r.nfe, knobs=knobs)

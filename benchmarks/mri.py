@@ -37,6 +37,7 @@ from torch import Tensor
 from invdiff import METHODS, restore
 from invdiff.mri import tv_reconstruction
 from invdiff.operators import MRI, MultiCoilMRI, birdcage_sensitivities, mri_mask
+from invdiff.samplers.dps import zeta_for_steps
 
 from . import report
 from .medical import (
@@ -115,7 +116,7 @@ def run_setup(setup: str, x: Tensor, prior, mode: str, seed: int, device: torch.
     for method in METHOD_ORDER:
         if method == "ddrm" and not getattr(op, "has_svd", False):
             continue  # multi-coil: no SVD
-        knobs = {"zeta": DPS_GUIDANCE / steps[method]} if method == "dps" else {}
+        knobs = {"zeta": zeta_for_steps(steps[method], DPS_GUIDANCE)} if method == "dps" else {}
         r = restore(y, op, prior, method=method, steps=steps[method], sigma_y=SIGMA_Y, seed=seed, **knobs)
         rec.add(method, r.mean, r.seconds, steps=r.steps, default_steps=METHODS[method].steps, nfe=r.nfe, knobs=knobs)
         print(f"  {setup} {method}: PSNR {np.mean(rec.rows[-1]['psnr']):.2f} dB, {r.seconds:.0f} s", flush=True)

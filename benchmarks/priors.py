@@ -19,7 +19,7 @@ steps; ``--out priors-ddnm`` keeps them beside the main table); and
 ``--methods dps --samples 1 --steps dps=1000 --out priors-dps`` scores DPS at its
 default steps beside them, one sample per image, since 1000 steps of a batch of 8
 with a backward pass each are hours per image on a CPU.  Below 1000 steps DPS
-runs with the reference's total guidance, ``zeta = 1000 / steps`` (``dps_zeta``),
+runs with the reference's total guidance, ``zeta = 1000 / steps`` (``zeta_for_steps``),
 so ``--methods dps --out priors-dps100`` scores the mean of 8 samples at 100 steps.
 """
 
@@ -36,6 +36,7 @@ import torch
 from invdiff import METHODS
 from invdiff.datasets import load_test_image
 from invdiff.priors import load_prior
+from invdiff.samplers.dps import REFERENCE_STEPS, zeta_for_steps
 
 from . import images, report
 
@@ -53,17 +54,6 @@ PLANS: dict[str, dict[str, Any]] = {
     "full": {"size": 256, "images": IMAGES, "samples": 8, "steps": {"ddrm": 20, "pigdm": 100, "dps": 1000},
              "seeds": (0, 1)},
 }  # fmt: skip
-#: DPS's total guidance ``zeta * steps``: the reference's ``zeta = 1`` is set for its 1000 steps, and with
-#: fewer steps the same total keeps the measurement's pull (as in the ct suite).  At 100 steps, 8 samples,
-#: on gray ``astronaut`` x4 SR: 24.12 / 24.13 / 24.11 dB for zeta 5 / 10 / 20, so the choice is not tuned.
-DPS_GUIDANCE = 1000.0
-
-
-def dps_zeta(steps: int) -> float:
-    """DPS's ``zeta`` at ``steps`` noise levels: ``DPS_GUIDANCE / steps``, the reference's 1 from 1000 steps on."""
-    return DPS_GUIDANCE / min(int(steps), int(DPS_GUIDANCE))
-
-
 #: phantoms: (suite, set-up) rows read from the medical suites
 PHANTOM_SETUPS = (("ct", "sparse-30"), ("mri", "single-4x"))
 PHANTOM_BASELINES = {"ct": "fbp", "mri": "zero-filled"}
@@ -145,7 +135,7 @@ def markdown(data: dict[str, Any]) -> str:
     steps = ", ".join(f"{m} {k}" for m, k in p["steps"].items())
     zeta = (p.get("knobs") or {}).get("dps", {}).get("zeta")
     if zeta is not None:
-        steps += f" (DPS zeta = {DPS_GUIDANCE:g} / steps = {zeta:g}, the reference's 1 at its 1000 steps)"
+        steps += f" (DPS zeta = {REFERENCE_STEPS} / steps = {zeta:g}, the reference's 1 at its 1000 steps)"
     over = data.get("overrides") or {}
     command = f"python -m benchmarks priors --{data['mode']}"
     if over.get("images") is not None:
@@ -256,7 +246,9 @@ def make_plan(mode: str, images: Sequence[str] | str | None = None, methods: Seq
         if samples < 1:
             raise ValueError(f"samples must be at least 1, got {samples}")
         plan["samples"] = samples
-    plan["knobs"] = {"dps": {"zeta": dps_zeta(plan["steps"]["dps"])}} if "dps" in plan["steps"] else {}
+    # DPS below its 1000 steps keeps the reference's summed guidance, as in the ct suite.  At 100 steps, 8 samples,
+    # on gray astronaut x4 SR: 24.12 / 24.13 / 24.11 dB for zeta 5 / 10 / 20, so the choice is not tuned.
+    plan["knobs"] = {"dps": {"zeta": zeta_for_steps(plan["steps"]["dps"])}} if "dps" in plan["steps"] else {}
     return plan
 
 

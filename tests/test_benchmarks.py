@@ -252,7 +252,7 @@ def test_parity_and_priors_suites_render_tiny_runs(tmp_path: Path, monkeypatch: 
     seen: list[dict] = []
     real_restore = images.restore
     monkeypatch.setattr(images, "restore", lambda *a, **k: seen.append(k) or real_restore(*a, **k))
-    few = {**one, "steps": {"dps": 2}, "knobs": {"dps": {"zeta": priors.dps_zeta(2)}}}
+    few = {**one, "steps": {"dps": 2}, "knobs": {"dps": {"zeta": priors.zeta_for_steps(2)}}}
     dps_block = priors.natural_rows("natural-gray", few, "cpu", lambda m: None)
     assert len(seen) == len(priors.TASK_NAMES) and all(k["method"] == "dps" and k["zeta"] == 500 for k in seen)
     md = priors.markdown({"mode": "quick", "seconds": 1.0, "machine": report.machine(), "plan": few,
@@ -279,6 +279,8 @@ def test_parity_and_priors_suites_render_tiny_runs(tmp_path: Path, monkeypatch: 
         priors.make_plan("quick", None, ["dps"], steps={"ddrm": 50})
     with pytest.raises(ValueError, match="at least 1 step"):
         priors.make_plan("quick", None, ["dps"], steps={"dps": 0})
+    with pytest.raises(ValueError, match="at least 1"):
+        priors.zeta_for_steps(0)
     with pytest.raises(ValueError, match="out must be"):
         priors.run("quick", out="../elsewhere")
 
