@@ -43,7 +43,7 @@ from invdiff import restore
 from invdiff.datasets import load_test_image
 from invdiff.priors import Prior
 from invdiff.priors.analytic import GaussianPrior
-from invdiff.tasks import build_operator
+from invdiff.cli.tasks import build_operator
 
 from . import baselines, cost
 

@@ -4,9 +4,9 @@ Images (64x64, values in [0, 1]): random-ellipse phantoms drawn with seeds the
 training never uses (``invdiff.datasets.ellipse_phantom``; the ``phantoms`` prior
 trains on phantoms of the same family drawn from its own seed) and scikit-image's
 Shepp-Logan phantom resized to 64x64.  Measurements: ``y = A x + n`` with the
-set-ups of ``invdiff.ct.SETUPS`` and Gaussian noise of std 0.1 on line integrals
+set-ups of ``invdiff.medical.ct.SETUPS`` and Gaussian noise of std 0.1 on line integrals
 in pixel units (which reach about 40 for these images); the operator is
-normalised to norm 1 (``invdiff.ct.normalized``: ``y`` and the noise are divided
+normalised to norm 1 (``invdiff.medical.ct.normalized``: ``y`` and the noise are divided
 by ``||A||``, the posterior is unchanged), the units in which the samplers'
 default step sizes are set.
 
@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from invdiff import METHODS, restore
-from invdiff.ct import SETUPS, ct_operator, tv_reconstruction
+from invdiff.medical.ct import SETUPS, ct_operator, tv_reconstruction
 from invdiff.samplers.dps import zeta_for_steps
 
 from . import report

@@ -39,7 +39,7 @@ from invdiff.metrics import lpips, lpips_available, psnr, ssim
 from invdiff.operators import Gaussian, Inpainting, Operator, Saturation, to_deepinv
 from invdiff.priors import Prior
 from invdiff.restore import check_method
-from invdiff.tasks import build_operator
+from invdiff.cli.tasks import build_operator
 
 from . import baselines, cost, figures, report
 

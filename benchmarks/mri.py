@@ -14,7 +14,7 @@ image).
 
 Methods: zero-filled (the adjoint ``A^T y``: the real part of the inverse FFT,
 coil-combined with the maps); TV-regularised least squares
-(``invdiff.mri.tv_reconstruction``, FISTA) with its weight chosen on a separate
+(``invdiff.medical.mri.tv_reconstruction``, FISTA) with its weight chosen on a separate
 validation phantom; and the diffusion samplers DDRM (single coil only: it needs
 the SVD), PiGDM (conjugate gradients for multi-coil), DPS and Score-ALD at
 their default knobs except DPS's step ``zeta = 250 / steps``: the reference's
@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from invdiff import METHODS, restore
-from invdiff.mri import tv_reconstruction
+from invdiff.medical.mri import tv_reconstruction
 from invdiff.operators import MRI, MultiCoilMRI, birdcage_sensitivities, mri_mask
 from invdiff.samplers.dps import zeta_for_steps
 

@@ -20,6 +20,7 @@ import glob
 import importlib
 import os
 import tempfile
+import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -600,6 +601,11 @@ def write_image(
 
 
 # ----------------------------------------------------------------------------- inputs
+
+
+def file_seed(seed: int, name: str) -> int:
+    """A per-file seed that does not depend on the order of the inputs."""
+    return (seed * 1_000_003 + zlib.crc32(name.encode())) % (2**31)
 
 
 def find_inputs(patterns: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:

@@ -45,7 +45,7 @@ class Tomography(LinearOperator):
         scale: factor on every line integral (the adjoint carries it too): the pixel
             size for physical units, or ``1 / ||A||`` for an operator of norm 1, the
             units in which the samplers' default step sizes are set
-            (``invdiff.ct.ct_operator`` normalises so).
+            (``invdiff.medical.ct.ct_operator`` normalises so).
     """
 
     angles: Tensor

@@ -22,16 +22,14 @@ its latents; together they save to and load from one folder (``config.json``
 with ``kind: "latent-edm"`` and ``model.safetensors``).  Any other
 autoencoder with ``encode``/``decode``/``factor``/``channels``/``latent_channels``
 and any :class:`~.base.Prior` on latents combine the same way, e.g. a diffusers
-``AutoencoderKL`` with a ``UNet2DModel`` (:func:`load_diffusers_latent`).
+``AutoencoderKL`` with a ``UNet2DModel`` (:func:`.loaders.load_diffusers_latent`).
 """
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -382,97 +380,3 @@ class LatentPrior(Prior):
 
 # ---------------------------------------------------------------------------------------------
 # diffusers latent models
-
-
-class _DiffusersAutoencoder(nn.Module):
-    """A diffusers ``AutoencoderKL`` (posterior mean) or ``VQModel`` on ``[0, 1]`` images (they work on ``[-1, 1]``)."""
-
-    def __init__(self, vae: nn.Module):
-        super().__init__()
-        self.vae = vae
-        cfg = vae.config
-        self.kind = type(vae).__name__
-        self.channels = int(cfg.in_channels)
-        self.latent_channels = int(cfg.latent_channels)
-        self.factor = 2 ** (len(cfg.block_out_channels) - 1)
-
-    def encode(self, x: Tensor) -> Tensor:
-        if self.kind == "VQModel":
-            return self.vae.encode(2 * x - 1).latents
-        return self.vae.encode(2 * x - 1).latent_dist.mean
-
-    def decode(self, z: Tensor) -> Tensor:
-        return (self.vae.decode(z).sample + 1) / 2
-
-
-class _ConditionedUNet(nn.Module):
-    """``(x_t, t) -> out`` of a diffusers ``UNet2DModel``, or a ``UNet2DConditionModel`` with fixed conditioning."""
-
-    def __init__(self, unet: nn.Module, encoder_hidden_states: Tensor | None):
-        super().__init__()
-        self.unet = unet
-        self.register_buffer("context", encoder_hidden_states, persistent=False)
-
-    def forward(self, x_t: Tensor, t: Tensor) -> Tensor:
-        if self.context is None:
-            return self.unet(x_t, t).sample
-        ctx = self.context.to(x_t.dtype).expand(x_t.shape[0], *self.context.shape[1:])
-        return self.unet(x_t, t, encoder_hidden_states=ctx).sample
-
-
-def load_diffusers_latent(
-    path: str | Path, *, scheduler: dict[str, Any] | None = None, encoder_hidden_states: Tensor | None = None,
-) -> LatentPrior:
-    """A diffusers latent diffusion folder (``vae/`` or ``vqvae/``, ``unet/``, ``scheduler/``) as a :class:`LatentPrior`.
-
-    The autoencoder is an ``AutoencoderKL`` (posterior mean) or ``VQModel``; latents are
-    scaled with its ``scaling_factor`` (and ``shift_factor``) as diffusers' pipelines do.
-    The U-Net is a ``UNet2DModel``, or a ``UNet2DConditionModel`` used with a fixed
-    ``encoder_hidden_states`` ``(1, L, D)`` (e.g. a precomputed empty-prompt embedding);
-    its DDPM schedule and prediction type come from ``scheduler_config.json`` (or
-    ``scheduler``).  The DDPM on latents is wrapped by :class:`ModelUnits` so that it
-    denoises the latents themselves.
-    """
-    from .loaders import DiscreteDDPMPrior, diffusers_scheduler
-
-    try:
-        from diffusers import AutoencoderKL, UNet2DConditionModel, UNet2DModel, VQModel
-    except ImportError:
-        raise ValueError("loading diffusers checkpoints needs diffusers: pip install 'invdiff[diffusers]'") from None
-    path = Path(path)
-    ae_dir = next((path / d for d in ("vae", "vqvae") if (path / d / "config.json").is_file()), None)
-    if ae_dir is None:
-        raise ValueError(f"{path} is not a diffusers latent model folder (no vae/config.json or vqvae/config.json)")
-    ae_class = json.loads((ae_dir / "config.json").read_text()).get("_class_name")
-    classes = {"AutoencoderKL": AutoencoderKL, "VQModel": VQModel}
-    if ae_class not in classes:
-        raise ValueError(f"{ae_dir} holds a {ae_class}, but only AutoencoderKL and VQModel are supported")
-    unet_dir = path / "unet"
-    if not (unet_dir / "config.json").is_file():
-        raise ValueError(f"{path} has no unet/config.json")
-    unet_class = json.loads((unet_dir / "config.json").read_text()).get("_class_name", "UNet2DModel")
-    if unet_class not in ("UNet2DModel", "UNet2DConditionModel"):
-        raise ValueError(f"{unet_dir} holds a {unet_class}; supported: UNet2DModel, UNet2DConditionModel")
-    if unet_class == "UNet2DConditionModel" and encoder_hidden_states is None:
-        raise ValueError(
-            f"{unet_dir} holds a UNet2DConditionModel; pass encoder_hidden_states=<tensor (1, L, D)> "
-            "(e.g. the empty-prompt text embedding) to use it unconditionally"
-        )
-    if unet_class == "UNet2DModel" and encoder_hidden_states is not None:
-        raise ValueError("encoder_hidden_states applies to a UNet2DConditionModel, but this folder has a UNet2DModel")
-    sched = diffusers_scheduler(path, unet_dir, scheduler)
-    vae = classes[ae_class].from_pretrained(str(ae_dir), local_files_only=True).eval().requires_grad_(False)
-    cls = UNet2DModel if unet_class == "UNet2DModel" else UNet2DConditionModel
-    unet = cls.from_pretrained(str(unet_dir), local_files_only=True).eval().requires_grad_(False)
-    c_in, c_out = int(unet.config.in_channels), int(unet.config.out_channels)
-    if c_out not in (c_in, 2 * c_in):
-        raise ValueError(f"{unet_class} has {c_in} input and {c_out} output channels; expected {c_in} or {2 * c_in}")
-    ctx = None if encoder_hidden_states is None else torch.as_tensor(encoder_hidden_states).detach()
-    ddpm = DiscreteDDPMPrior(_ConditionedUNet(unet, ctx), sched.alphas_cumprod, prediction=sched.config.prediction_type,
-                             learned_sigma=c_out == 2 * c_in, channels=c_in)  # fmt: skip
-    ae = _DiffusersAutoencoder(vae)
-    if ddpm.channels != ae.latent_channels:
-        raise ValueError(f"the U-Net has {ddpm.channels} channels but the autoencoder's latents have {ae.latent_channels}")
-    shift = getattr(vae.config, "shift_factor", None)
-    return LatentPrior(ae, ModelUnits(ddpm), scale_factor=float(vae.config.scaling_factor),
-                       shift_factor=float(shift or 0.0), config={"kind": "diffusers-latent", "path": str(path)})  # fmt: skip

@@ -205,7 +205,7 @@ def test_stack_operators_batches_what_can_be_batched():
     import torch
 
     from invdiff.operators import Blur, Inpainting
-    from invdiff.tasks import build_operator, stack_operators
+    from invdiff.cli.tasks import build_operator, stack_operators
 
     shape = (1, 1, 16, 16)
     blur = [build_operator("deblur", shape, {"kernel": "gaussian:1.5"}, seed=s) for s in (1, 2)]

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from invdiff import restore
-from invdiff.ct import (
+from invdiff.medical.ct import (
     SETUPS,
     PostLogGaussian,
     ct_operator,
@@ -25,7 +25,7 @@ from invdiff.ct import (
 from invdiff.operators import BeerLambert, Identity, Tomography
 from invdiff.operators.tomography import TomographySVD
 from invdiff.priors import GaussianPrior
-from invdiff.tasks import build_operator, measurement_noise, operator_for
+from invdiff.cli.tasks import build_operator, measurement_noise, operator_for
 from invdiff.volume import restore_batch, restore_volume, slices, stack
 
 D = torch.float64

@@ -17,7 +17,7 @@ from invdiff import METHODS, restore
 from invdiff.devices import resolve_device
 from invdiff.restore import check_method
 from invdiff.priors import GaussianMixturePrior, GaussianPrior, load_prior
-from invdiff.tasks import build_operator
+from invdiff.cli.tasks import build_operator
 
 # -- the probe itself ------------------------------------------------------------------------------
 

@@ -27,7 +27,7 @@ from invdiff.priors.unet import UNetConfig
 from invdiff.samplers.dps import dps
 from invdiff.samplers.latent_dps import latent_dps
 from invdiff.samplers.psld import psld
-from invdiff.training_latent import LatentTrainConfig, latent_statistics, train_latent
+from invdiff.train.latent import LatentTrainConfig, latent_statistics, train_latent
 
 AE = AutoencoderConfig(in_channels=1, latent_channels=4, channels=8, channel_mult=(1, 2, 2), groups=4)
 UNET = UNetConfig(in_channels=4, out_channels=4, channels=8, channel_mult=(1, 2), num_res_blocks=1, emb_dim=32,

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from invdiff.batch import restore_files
-from invdiff.ct import hu_to_unit, unit_to_hu
+from invdiff.cli.batch import restore_files
+from invdiff.medical.ct import hu_to_unit, unit_to_hu
 from invdiff.io import derived_series_uid, read_image, write_image
 from invdiff.operators import Tomography
 from invdiff.priors import GaussianPrior
@@ -167,7 +167,7 @@ def test_monai_transform_keeps_metadata_and_restores():
     from monai.data import MetaTensor
     from monai.transforms import Compose
 
-    from invdiff.monai import Restored
+    from invdiff.medical.monai import Restored
 
     clean = PRIOR.sample(3, generator=gen(5))[:, 0].float().permute(1, 2, 0)[None]  # (1, 8, 8, 3)
     hu = unit_to_hu(clean)
@@ -188,7 +188,7 @@ def test_monai_transform_keeps_metadata_and_restores():
 
 
 def test_monai_missing_names_the_extra(monkeypatch):
-    from invdiff import monai as transform
+    from invdiff.medical import monai as transform
 
     monkeypatch.setitem(sys.modules, "monai.data", None)  # as if monai were not installed
     with pytest.raises(ValueError, match=r"pip install 'invdiff\[monai\]'"):
@@ -197,7 +197,7 @@ def test_monai_missing_names_the_extra(monkeypatch):
 
 def test_monai_transform_errors():
     pytest.importorskip("monai")
-    from invdiff.monai import Restored
+    from invdiff.medical.monai import Restored
 
     t = Restored("image", Tomography(4, SIZE), PRIOR, simulate=True, **FAST)
     with pytest.raises(ValueError, match="key 'image' is not in the data"):

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from invdiff import restore
 from invdiff.datasets import ellipse_phantom
 from invdiff.metrics import psnr
-from invdiff.mri import (
+from invdiff.medical.mri import (
     center_crop,
     crop_readout,
     normalisation_scale,
@@ -461,7 +461,7 @@ def test_errors_are_clear(tmp_path, call, message) -> None:
 
 
 def test_mri_task_builds_single_or_multicoil_operators() -> None:
-    from invdiff.tasks import build_operator
+    from invdiff.cli.tasks import build_operator
 
     single = build_operator("mri", (1, 1, 16, 16), {"acceleration": 4, "center_fraction": 0.125})
     multi = build_operator("mri", (1, 1, 16, 16), {"acceleration": 4, "center_fraction": 0.125, "coils": 3,

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from invdiff.operators import MRI, Blur, Downsampling, Inpainting, Tomography
-from invdiff.tasks import TASKS, build_operator, parse_kernel
+from invdiff.cli.tasks import TASKS, build_operator, parse_kernel
 
 SHAPE = (1, 1, 32, 32)
 

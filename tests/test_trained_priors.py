@@ -14,7 +14,7 @@ from invdiff.cli import app
 from invdiff.datasets import TEST_IMAGES, TRAIN_PHOTOS, PatchSampler, dead_leaves, ellipse_phantom, load_test_image
 from invdiff.metrics import psnr
 from invdiff.priors import SHIPPED, UNet, UNetConfig, UNetPrior, load_prior, shipped_priors
-from invdiff.training import TrainConfig, _batches, budget_steps, edm_loss, train
+from invdiff.train.pixel import TrainConfig, _batches, budget_steps, edm_loss, train
 
 TINY = UNetConfig(channels=8, channel_mult=(1, 2), num_res_blocks=1, groups=4)
 
@@ -286,7 +286,7 @@ def test_shipped_default_prior_loads_offline():
 
 @pytest.mark.parametrize("task, baseline", [("deblur", "wiener"), ("inpaint", "biharmonic")])
 def test_demo_writes_outputs_and_metrics(tmp_path, task, baseline):
-    from invdiff.demo import run_demo
+    from invdiff.cli.demo import run_demo
 
     m = run_demo(tmp_path / "d", task=task, size=64, steps=3, samples=2)
     for f in ("truth.png", "measurement.png", "restored.png", "std.png", "comparison.png", "sample_1.png",
@@ -300,7 +300,7 @@ def test_demo_writes_outputs_and_metrics(tmp_path, task, baseline):
 
 def test_demo_wiener_baseline_is_tuned_against_the_truth():
     """The oracle Wiener deconvolution beats the blurred measurement itself and its worst balance."""
-    from invdiff.demo import WIENER_BALANCES, _baseline
+    from invdiff.cli.demo import WIENER_BALANCES, _baseline
     from invdiff.operators import Blur, Gaussian, gaussian_kernel
 
     x = load_test_image("camera", size=64)
@@ -316,7 +316,7 @@ def test_demo_wiener_baseline_is_tuned_against_the_truth():
 
 
 def test_demo_rejects_an_unknown_task(tmp_path):
-    from invdiff.demo import run_demo
+    from invdiff.cli.demo import run_demo
 
     with pytest.raises(ValueError, match="unknown demo task 'blur'; choose one of deblur, inpaint, sr"):
         run_demo(tmp_path / "d", task="blur")
@@ -339,7 +339,7 @@ def test_priors_cli_lists_and_describes(tmp_path, monkeypatch):
 
 
 def test_optimiser_step_skips_a_non_finite_gradient_and_clips_the_rest():
-    from invdiff.training import optimiser_step
+    from invdiff.train.common import optimiser_step
 
     w = torch.nn.Parameter(torch.ones(3))
     opt = torch.optim.Adam([w], lr=0.1)

@@ -19,7 +19,6 @@ import json
 import math
 import os
 import time
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -27,12 +26,12 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .ct import hu_to_unit, parse_window, unit_to_hu
-from .io import Image, derived_series_uid, find_inputs, pad_to_multiple, read_image, write_image
-from .metrics import lpips, lpips_available, psnr, ssim
-from .restore import check_method, restore
+from ..medical.ct import hu_to_unit, parse_window, unit_to_hu
+from ..io import Image, derived_series_uid, file_seed, find_inputs, pad_to_multiple, read_image, write_image
+from ..metrics import lpips, lpips_available, psnr, ssim
+from ..restore import check_method, restore
 from .tasks import build_operator, measurement_noise, operator_for, stack_operators
-from .volume import restore_batch
+from ..volume import restore_batch
 
 #: slices of a volume (NIfTI, multi-frame DICOM) restored per sampler call
 VOLUME_BATCH = 8
@@ -51,11 +50,6 @@ class BatchReport:
     @property
     def ok(self) -> bool:
         return not self.failed
-
-
-def file_seed(seed: int, name: str) -> int:
-    """A per-file seed that does not depend on the order of the inputs."""
-    return (seed * 1_000_003 + zlib.crc32(name.encode())) % (2**31)
 
 
 def _names(files: list[Path]) -> list[str]:
@@ -98,7 +92,7 @@ def read_clean_image(path: Path, prior, device: torch.device | str = "cpu", wind
                      = None) -> tuple[torch.Tensor, Image, tuple[float, float] | None]:  # fmt: skip
     """``read_clean`` with the ``Image`` read and the HU window applied (``None`` if none).
 
-    ``window`` (a name or ``(lo, hi)`` in HU, see ``invdiff.ct``) maps values onto
+    ``window`` (a name or ``(lo, hi)`` in HU, see ``invdiff.medical.ct``) maps values onto
     ``[0, 1]``, clipping; CT DICOM files get the ``ct`` window (-1000..1000 HU) by default.
     """
     image = read_image(path)
@@ -335,7 +329,7 @@ def restore_files(inputs: list[str], output: str | Path, *, task: str, task_opti
     and ``sigma_y`` then come from each sidecar).
 
     ``batch_size``: up to this many files go through one ``restore`` call when their
-    measurements have one shape and their operators stack (:func:`~invdiff.tasks.stack_operators`);
+    measurements have one shape and their operators stack (:func:`~invdiff.cli.tasks.stack_operators`);
     the others are restored one by one.  A batch draws its noise from its first file's
     seed, so samples depend on ``batch_size``; each file's measurement does not.
 

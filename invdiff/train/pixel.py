@@ -26,9 +26,6 @@ completes inside the budget.
 from __future__ import annotations
 
 import copy
-import json
-import math
-import platform
 import shlex
 import sys
 import time
@@ -39,10 +36,11 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .datasets import BUILTIN, TEST_IMAGES, TRAIN_PHOTOS, PatchSampler
-from .devices import resolve_device
-from .priors.trained import UNetPrior
-from .priors.unet import UNetConfig, count_parameters
+from ..datasets import BUILTIN, TEST_IMAGES, TRAIN_PHOTOS, PatchSampler
+from ..devices import resolve_device
+from ..priors.trained import UNetPrior
+from ..priors.unet import UNetConfig, count_parameters
+from .common import Progress, ema_update, lr_at, machine_description, optimiser_step, write_grid, write_log
 
 
 @dataclass
@@ -95,61 +93,8 @@ def _bf16_supported() -> bool:
         return False
 
 
-def lr_at(base: float, step: int, total: int, warmup: int, decay_fraction: float) -> float:
-    """Linear warm-up, constant, then a cosine decay to 10 % over the last ``decay_fraction`` of ``total``."""
-    lr = base * min(1.0, (step + 1) / max(warmup, 1))
-    start = int(total * (1 - decay_fraction))
-    if step > start and decay_fraction > 0:
-        t = (step - start) / max(total - start, 1)
-        lr *= 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
-    return lr
-
-
 def _lr(cfg: TrainConfig, step: int) -> float:
     return lr_at(cfg.lr, step, cfg.steps, cfg.warmup_steps, cfg.lr_decay_fraction)
-
-
-@torch.no_grad()
-def ema_update(ema: torch.nn.Module, model: torch.nn.Module, step: int, halflife_steps: float, rampup: float) -> None:
-    """EMA of the weights whose half-life ramps up with the run (EDM): ``rampup * step``, capped at ``halflife_steps``."""
-    beta = 0.5 ** (1.0 / min(halflife_steps, max(step * rampup, 1.0)))
-    torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - beta)  # one fused update on a GPU
-
-
-def optimiser_step(opt: torch.optim.Optimizer, loss: torch.Tensor, lr: float, grad_clip: float) -> bool:
-    """One Adam step on ``loss`` at ``lr`` with the gradient norm clipped to ``grad_clip``.
-
-    A step whose gradient holds a NaN or inf is skipped (a rare spike must not
-    poison the weights or Adam's moments), as mixed-precision loss scalers do.
-    Returns whether the step was taken.
-    """
-    params = [p for g in opt.param_groups for p in g["params"]]
-    for g in opt.param_groups:
-        g["lr"] = lr
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
-    if not torch.isfinite(norm):
-        opt.zero_grad(set_to_none=True)
-        return False
-    opt.step()
-    return True
-
-
-def write_log(log, rec: dict, on_log: Callable[[dict], None] | None) -> None:
-    """Append ``rec`` to the run's ``log.jsonl`` (flushed, so a killed run keeps it) and pass it to ``on_log``."""
-    log.write(json.dumps(rec) + "\n")
-    log.flush()
-    if on_log:
-        on_log(rec)
-
-
-def machine_description(device: str | torch.device = "cpu") -> str:
-    """The machine and torch build a prior was trained on, for ``config.json``."""
-    where = f"{torch.get_num_threads()} threads"
-    if torch.device(device).type == "cuda":
-        where = f"GPU {torch.cuda.get_device_name(device)}, {where}"
-    return f"{platform.machine()} {platform.processor() or ''} torch {torch.__version__}, {where}".strip()
 
 
 def edm_loss(model, x0: torch.Tensor, cfg: TrainConfig, generator: torch.Generator) -> torch.Tensor:
@@ -274,7 +219,7 @@ def train(
         )  # fmt: skip
         tmp.replace(ckpt_path)
 
-    bar = _Progress(cfg.steps, enabled=progress)
+    bar = Progress(cfg.steps, enabled=progress)
     bar.update(step, None)
     t_start = time.time()
     t_last = t_start
@@ -376,7 +321,7 @@ def inflate_channels(state: dict[str, torch.Tensor], in_channels: int, out_chann
 
 def _load_init(init_from: str | Path, cfg: TrainConfig, model, ema) -> dict:
     """Copy a saved prior's weights into ``model`` and ``ema``; returns what to record about it."""
-    from .priors.registry import load_prior
+    from ..priors.registry import load_prior
 
     start = load_prior(str(init_from))
     if not isinstance(start, UNetPrior):
@@ -439,53 +384,11 @@ def _export(out: Path, ema, base_config: dict, cfg: TrainConfig, step: int, wall
 def save_sample_grid(prior: UNetPrior, path: str | Path, n: int = 16, size: int = 64, steps: int = 32,
                      seed: int = 0, device: str | torch.device = "cpu") -> None:  # fmt: skip
     """Write a grid of ``n`` unconditional samples (EDM Heun) as a PNG."""
-    from .samplers.heun import sample_prior
+    from ..samplers.heun import sample_prior
 
     g = torch.Generator(device).manual_seed(seed)
     x = sample_prior(prior.to(device), (n, prior.channels, size, size), steps=steps, generator=g, device=device)
     write_grid(x, path)
-
-
-def write_grid(x: torch.Tensor, path: str | Path) -> None:
-    """Write images ``x`` ``(N, C, S, S)`` in [0, 1] (clamped) as a square grid PNG with 2-pixel white gaps."""
-    from skimage import io
-
-    n, channels, size = x.shape[0], x.shape[1], x.shape[-1]
-    x = x.detach().clamp(0, 1).cpu()
-    cols = int(math.ceil(math.sqrt(n)))
-    rows = int(math.ceil(n / cols))
-    grid = torch.ones(channels, rows * (size + 2), cols * (size + 2))
-    for i in range(n):
-        r, c = divmod(i, cols)
-        grid[:, r * (size + 2) : r * (size + 2) + size, c * (size + 2) : c * (size + 2) + size] = x[i]
-    img = (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-    io.imsave(str(path), img[..., 0] if channels == 1 else img, check_contrast=False)
-
-
-class _Progress:
-    """A rich progress bar with the running loss (silent when disabled)."""
-
-    def __init__(self, total: int, enabled: bool):
-        self.enabled = enabled
-        if enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.p = Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(),
-                              TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn())  # fmt: skip
-            self.task = self.p.add_task("train", total=total, loss="-")
-            self.p.start()
-
-    def set_total(self, total: int) -> None:
-        if self.enabled:
-            self.p.update(self.task, total=total)
-
-    def update(self, step: int, loss: float | None) -> None:
-        if self.enabled:
-            self.p.update(self.task, completed=step, loss="-" if loss is None else f"{loss:.4f}")
-
-    def close(self) -> None:
-        if self.enabled:
-            self.p.stop()
 
 
 __all__ = ["TrainConfig", "train", "edm_loss", "save_sample_grid", "BUILTIN"]

@@ -11,7 +11,7 @@ from typing import Annotated, NoReturn, Optional
 
 import typer
 
-# Task options, shared by restore and degrade (see invdiff.tasks).
+# Task options, shared by restore and degrade (see invdiff.cli.tasks).
 RandomMask = Annotated[Optional[float], typer.Option(help="inpaint: fraction of pixels missing (default 0.7).")]
 Box = Annotated[Optional[int], typer.Option(help="inpaint: side of a centred missing square.")]
 MaskFile = Annotated[Optional[str], typer.Option(help="inpaint: mask image (nonzero = known).")]
@@ -62,7 +62,7 @@ def _task_options(task: str, **given) -> dict:
 def _check_window(window: str | None) -> None:
     """Fail with one line on a bad ``--window``."""
     if window is not None:
-        from .ct import parse_window
+        from ..medical.ct import parse_window
 
         try:
             parse_window(window)
@@ -72,7 +72,7 @@ def _check_window(window: str | None) -> None:
 
 def _data_channels(data: str) -> int:
     """Image channels of ``--data`` (a built-in set or a folder); a one-line error for anything else."""
-    from .datasets import BUILTIN
+    from ..datasets import BUILTIN
 
     if data not in BUILTIN and not Path(data).is_dir():
         _fail(f"--data {data!r} is neither a built-in data set ({', '.join(BUILTIN)}) nor a folder")
@@ -124,9 +124,9 @@ def train(
     """Train a diffusion prior (EDM loss, random patches, EMA) and write model.safetensors + config.json."""
     import torch
 
-    from .priors.unet import UNetConfig
-    from .training import TrainConfig
-    from .training import train as run_train
+    from ..priors.unet import UNetConfig
+    from ..train.pixel import TrainConfig
+    from ..train.pixel import train as run_train
 
     mult, attn = _int_tuple("--channel-mult", channel_mult), _int_tuple("--attn-levels", attn_levels)
     if checkpoint_every < 1 or warmup_steps < 0:
@@ -177,9 +177,9 @@ def train_latent_cmd(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Train a latent diffusion prior: a KL autoencoder, then an EDM U-Net on its scaled latents."""
-    from .priors.latent import AutoencoderConfig
-    from .priors.unet import UNetConfig
-    from .training_latent import LatentTrainConfig, train_latent
+    from ..priors.latent import AutoencoderConfig
+    from ..priors.unet import UNetConfig
+    from ..train.latent import LatentTrainConfig, train_latent
 
     mult = _int_tuple("--channel-mult", channel_mult)
     in_ch = _data_channels(data)
@@ -273,9 +273,9 @@ def restore_cmd(
 ) -> None:
     """Restore each input: simulate its measurement with the task's operator, or read it (--measured)."""
     from .batch import restore_files, summarise
-    from .devices import resolve_device
-    from .methods import METHODS
-    from .priors import load_prior
+    from ..devices import resolve_device
+    from ..methods import METHODS
+    from ..priors import load_prior
 
     if measured:
         flags = {"--task": task, "--random-mask": random_mask, "--box": box, "--mask": mask, "--kernel": kernel,
@@ -304,10 +304,10 @@ def restore_cmd(
         _fail(str(e))
 
     h5 = [i for i in inputs if i.lower().endswith((".h5", ".hdf5"))]
-    if h5:  # fastMRI k-space: reconstructed slice by slice (invdiff.mri)
+    if h5:  # fastMRI k-space: reconstructed slice by slice (invdiff.medical.mri)
         if task != "mri" or len(h5) != len(inputs):
             _fail("HDF5 k-space inputs (.h5) need --task mri and cannot be mixed with image files")
-        from .mri import restore_h5_files
+        from ..medical.mri import restore_h5_files
 
         say = None if quiet else lambda n, st, row: typer.echo(f"{st:8s} {n}")
         try:
@@ -325,7 +325,7 @@ def restore_cmd(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .io import find_inputs
+    from ..io import find_inputs
 
     try:
         n_files = len(find_inputs(inputs))
@@ -397,7 +397,7 @@ def degrade(
 ) -> None:
     """Make measurements from clean images: NAME.npy plus a NAME.json sidecar describing the operator."""
     from .batch import degrade_files
-    from .priors import load_prior
+    from ..priors import load_prior
 
     options = _task_options(task, random_mask=random_mask, box=box, mask=mask, kernel=kernel, scale=scale,
                             filter=filter, angles=angles, arc=arc, dose=dose, acceleration=acceleration,
@@ -437,7 +437,7 @@ def bench(ctx: typer.Context) -> None:
 @app.command()
 def priors(name: Optional[str] = typer.Argument(None, help="A shipped name or a prior folder to describe.")) -> None:
     """List the shipped priors, or describe one (architecture, training data, steps, wall time)."""
-    from .priors import SHIPPED, load_prior, shipped_priors
+    from ..priors import SHIPPED, load_prior, shipped_priors
 
     if name is None:
         for prior_name, present in shipped_priors().items():

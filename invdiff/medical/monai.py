@@ -15,7 +15,7 @@ batch (``invdiff.volume``).  Two modes:
   on a data set inside an existing pipeline.
 
 ``window`` maps Hounsfield units onto the prior's ``[0, 1]`` and back
-(``invdiff.ct.hu_to_unit``).  MONAI is an optional dependency, imported when
+(``invdiff.medical.ct.hu_to_unit``).  MONAI is an optional dependency, imported when
 the transform is built: ``pip install 'invdiff[monai]'``.
 """
 
@@ -30,8 +30,8 @@ import torch
 from torch import Tensor
 
 from .ct import hu_to_unit, parse_window, unit_to_hu
-from .operators import Gaussian, Operator
-from .volume import restore_batch
+from ..operators import Gaussian, Operator
+from ..volume import restore_batch
 
 __all__ = ["Restored", "RestoreD", "RestoreDict"]
 

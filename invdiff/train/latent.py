@@ -17,7 +17,7 @@ scaled latents of (larger) patches with EDM's loss (Karras et al. 2022):
 ``ln sigma ~ N(P_mean, P_std^2)``, ``lambda(sigma) ||D(z0 + sigma n) - z0||^2``
 with ``sigma_data = 1``; ``P_mean = -0.5`` is EDM's ``-1.2`` moved by ``ln 2``
 for data of standard deviation 1 instead of 0.5.  An EMA of the U-Net's
-weights is kept as in :mod:`invdiff.training`.
+weights is kept as in :mod:`invdiff.train.pixel`.
 
 Both stages write resumable checkpoints; the result is one folder with
 ``config.json`` (``kind: "latent-edm"``) and ``model.safetensors``.
@@ -37,10 +37,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .datasets import TEST_IMAGES, TRAIN_PHOTOS, PatchSampler
-from .priors.latent import AutoencoderConfig, KLAutoencoder, LatentPrior, LatentUNetPrior
-from .priors.unet import UNetConfig, count_parameters
-from .training import _Progress, ema_update, lr_at, machine_description, optimiser_step, write_grid, write_log
+from ..datasets import TEST_IMAGES, TRAIN_PHOTOS, PatchSampler
+from ..priors.latent import AutoencoderConfig, KLAutoencoder, LatentPrior, LatentUNetPrior
+from ..priors.unet import UNetConfig, count_parameters
+from .common import Progress, ema_update, lr_at, machine_description, optimiser_step, write_grid, write_log
 
 
 @dataclass
@@ -216,7 +216,7 @@ def train_latent(
             if sampler.channels != channels:
                 raise ValueError(f"data {cfg.data!r} has {sampler.channels} channels but the autoencoder expects {channels}")
             ae.train()
-            bar = _Progress(cfg.ae_steps, enabled=progress)
+            bar = Progress(cfg.ae_steps, enabled=progress)
             parts: list[dict] = []
             t_last = time.time()
             while step < cfg.ae_steps:
@@ -254,7 +254,7 @@ def train_latent(
         # -- stage 2: the latent U-Net -------------------------------------------------------------
         ae.eval().requires_grad_(False)
         sampler = PatchSampler(cfg.data, cfg.patch_size, **{**sampler_args, "seed": data_seed + 2})
-        bar = _Progress(cfg.steps, enabled=progress)
+        bar = Progress(cfg.steps, enabled=progress)
         losses: list[float] = []
         t_last = time.time()
         while step < cfg.steps:
@@ -316,7 +316,7 @@ def _provenance(cfg: LatentTrainConfig, prior: LatentPrior, step: int, wall: dic
 def save_latent_samples(prior: LatentPrior, path: str | Path, n: int = 16, size: int = 64, steps: int = 32,
                         seed: int = 0) -> None:  # fmt: skip
     """Write a grid of ``n`` unconditional samples (EDM Heun in latent space, then decoded) as a PNG."""
-    from .samplers.heun import sample_prior
+    from ..samplers.heun import sample_prior
 
     g = torch.Generator().manual_seed(seed)
     z = sample_prior(prior.latent_prior, prior.latent_shape((n, prior.channels, size, size)), steps=steps, generator=g)

@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .datasets import load_test_image
-from .metrics import lpips, lpips_available, psnr, ssim
-from .operators import Blur, Downsampling, Gaussian, Inpainting, gaussian_kernel, random_mask
-from .priors import load_prior
-from .restore import restore
+from ..datasets import load_test_image
+from ..metrics import lpips, lpips_available, psnr, ssim
+from ..operators import Blur, Downsampling, Gaussian, Inpainting, gaussian_kernel, random_mask
+from ..priors import load_prior
+from ..restore import restore
 
 DEMO_TASKS = ("deblur", "inpaint", "sr")
 #: measurement noise per task when none is given (deblur: the benchmark's Gaussian-deblur setting)

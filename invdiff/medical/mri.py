@@ -44,12 +44,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .operators import MRI, LinearOperator, MultiCoilMRI, estimate_sensitivities, mri_mask
-from .operators.coils import calibration_width
-from .operators.fourier import ifft2c
-from .priors import ChannelwisePrior, Prior
-from .restore import Result, restore
-from .samplers.common import conjugate_gradient, operator_norm
+from ..operators import MRI, LinearOperator, MultiCoilMRI, estimate_sensitivities, mri_mask
+from ..operators.coils import calibration_width
+from ..operators.fourier import ifft2c
+from ..priors import ChannelwisePrior, Prior
+from ..restore import Result, restore
+from ..samplers.common import conjugate_gradient, operator_norm
 
 __all__ = [
     "FastMRIVolume",
@@ -424,9 +424,8 @@ def restore_h5_files(
     SSIM per slice against the reference, fastMRI style: data range the volume's
     maximum).  Returns ``{"done": [...], "skipped": [...], "failed": {...}, "rows": [...]}``.
     """
-    from .batch import file_seed
-    from .io import write_image
-    from .metrics import psnr, ssim
+    from ..io import file_seed, write_image
+    from ..metrics import psnr, ssim
 
     device = torch.device(device)
     out = Path(output)

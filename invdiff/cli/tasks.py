@@ -16,7 +16,7 @@ Option syntax, as on the command line:
   ``coils=1`` (more: ``MultiCoilMRI`` with simulated birdcage sensitivities);
 * ct: ``angles=30``, ``arc=180`` (degrees the views span; less is limited-angle CT),
   ``dose=I0`` (low-dose: Beer-Lambert photon counts with Poisson noise, ``I0`` per bin);
-  without a dose the sinogram is divided by ``||A||`` (``invdiff.ct.normalized``);
+  without a dose the sinogram is divided by ``||A||`` (``invdiff.medical.ct.normalized``);
 * denoise, colorize: no options.
 """
 
@@ -29,7 +29,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .operators import (
+from ..operators import (
     MRI,
     Blur,
     Colorization,
@@ -145,8 +145,8 @@ def _mri(shape: tuple[int, ...], opt: dict[str, Any], g: torch.Generator) -> Ope
 
 
 def _ct(shape: tuple[int, ...], opt: dict[str, Any], g: torch.Generator) -> Operator:
-    from .ct import normalized
-    from .operators import BeerLambert
+    from ..medical.ct import normalized
+    from ..operators import BeerLambert
 
     angles, arc = int(opt["angles"]), float(opt["arc"])
     if angles < 1:
@@ -240,8 +240,8 @@ def stack_operators(ops: list[Operator]) -> Operator | None:
 
 def measurement_noise(op: Operator, sigma_y: float, options: dict[str, Any] | None = None) -> Any:
     """The noise model of a task's measurement: ``Gaussian(sigma_y)``, or for low-dose CT (``dose=I0``)
-    ``Poisson(gain=1/I0)``, photon counts of the transmission ``y = k / I0`` (``invdiff.ct.low_dose``)."""
-    from .operators import BeerLambert, Gaussian, Poisson
+    ``Poisson(gain=1/I0)``, photon counts of the transmission ``y = k / I0`` (``invdiff.medical.ct.low_dose``)."""
+    from ..operators import BeerLambert, Gaussian, Poisson
 
     dose = (options or {}).get("dose")
     if isinstance(op, BeerLambert) and dose is not None:
@@ -251,7 +251,7 @@ def measurement_noise(op: Operator, sigma_y: float, options: dict[str, Any] | No
 
 def operator_for(method: str, op: Operator) -> Operator:
     """``op`` as the method needs it: CT through its dense SVD for the methods that need an SVD (DDRM, DDNM)."""
-    from .methods import METHODS
+    from ..methods import METHODS
 
     if isinstance(op, Tomography) and method in METHODS and "svd" in METHODS[method].needs:
         return op.svd()

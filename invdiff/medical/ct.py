@@ -29,9 +29,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .operators import BeerLambert, Operator, Poisson, Tomography
-from .operators.tomography import TomographySVD
-from .samplers.common import operator_norm
+from ..operators import BeerLambert, Operator, Poisson, Tomography
+from ..operators.tomography import TomographySVD
+from ..samplers.common import operator_norm
 
 __all__ = [
     "MU_WATER",

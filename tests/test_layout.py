@@ -1,0 +1,187 @@
+"""The architecture's arrows, read from the source with ``ast``: every import points down.
+
+    cli -> medical, train -> core (invdiff/ top, samplers/) -> operators, priors
+
+``medical`` and ``train`` do not import each other; the core imports no wing, not
+lazily inside a function nor through a re-export; ``operators`` and ``priors`` import
+only themselves; and no two modules of a package import each other in a circle.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# Where each installed package's source lives (pyproject's package-dir).
+SOURCES = {"invdiff": ROOT / "invdiff", "invdiff.operators": ROOT / "operators", "invdiff.priors": ROOT / "priors"}
+
+# What each layer may import (itself always).
+LAYER_MAY_IMPORT = {
+    "cli": {"medical", "train", "core", "operators", "priors"},
+    "medical": {"core", "operators", "priors"},
+    "train": {"core", "operators", "priors"},
+    "core": {"operators", "priors"},
+    "operators": set(),
+    "priors": set(),
+}
+
+
+def module_name(path: Path) -> str:
+    """The dotted name ``path`` installs as."""
+    for package, src in sorted(SOURCES.items(), key=lambda kv: -len(str(kv[1]))):
+        if path.is_relative_to(src):
+            parts = list(path.relative_to(src).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            return ".".join([package, *parts])
+    raise AssertionError(f"{path} is in no package")
+
+
+def layer(module: str) -> str | None:
+    """The layer of an ``invdiff...`` module, or None for a third-party one."""
+    parts = module.split(".")
+    if parts[0] != "invdiff":
+        return None
+    if len(parts) == 1:
+        return "core"
+    if parts[1] == "__main__":  # `python -m invdiff`: an entry point like the console script, nothing imports it
+        return "cli"
+    if parts[1] in ("cli", "medical", "train", "operators", "priors"):
+        return parts[1]
+    return "core"
+
+
+def all_modules() -> dict[str, Path]:
+    found = {}
+    for src in SOURCES.values():
+        for path in src.rglob("*.py"):
+            found[module_name(path)] = path
+    return found
+
+
+def imports_of(path: Path, module: str) -> list[tuple[str, int]]:
+    """Every module ``path`` imports, anywhere in the file (lazy ones too), as absolute names with line numbers."""
+    is_package = path.name == "__init__.py"
+    package = module if is_package else module.rpartition(".")[0]
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            out += [(alias.name, node.lineno) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level == 0:
+                base = node.module or ""
+            else:
+                parts = package.split(".")
+                parts = parts[: len(parts) - (node.level - 1)]
+                base = ".".join(parts + ([node.module] if node.module else []))
+            # `from . import x` imports the submodule x when there is one.
+            out.append((base, node.lineno))
+            out += [(f"{base}.{alias.name}", node.lineno) for alias in node.names]
+    return out
+
+
+def internal_edges() -> dict[str, set[tuple[str, int]]]:
+    modules = all_modules()
+    edges = {}
+    for name, path in modules.items():
+        targets = set()
+        for target, line in imports_of(path, name):
+            # Resolve to the longest known module prefix (`invdiff.operators.Blur` -> `invdiff.operators`).
+            parts = target.split(".")
+            while parts and ".".join(parts) not in modules:
+                parts.pop()
+            if parts:
+                targets.add((".".join(parts), line))
+        edges[name] = targets
+    return edges
+
+
+def test_the_wings_and_the_core_exist():
+    modules = all_modules()
+    for name in ("invdiff.cli.app", "invdiff.cli.batch", "invdiff.cli.tasks", "invdiff.cli.demo",
+                 "invdiff.medical.ct", "invdiff.medical.mri", "invdiff.medical.monai",
+                 "invdiff.train.pixel", "invdiff.train.latent",
+                 "invdiff.restore", "invdiff.methods", "invdiff.io", "invdiff.samplers.ddrm"):  # fmt: skip
+        assert name in modules, name
+    assert layer("invdiff.samplers.dps") == "core" and layer("invdiff.medical.ct") == "medical"
+
+
+def test_every_arrow_points_down():
+    wrong = []
+    for source, targets in internal_edges().items():
+        src_layer = layer(source)
+        for target, line in targets:
+            dst_layer = layer(target)
+            if dst_layer != src_layer and dst_layer not in LAYER_MAY_IMPORT[src_layer]:
+                wrong.append(f"{source}:{line} ({src_layer}) imports {target} ({dst_layer})")
+    assert not wrong, "imports that point up or across:\n" + "\n".join(wrong)
+
+
+def test_no_import_cycles():
+    edges = {m: {t for t, _ in ts if t != m} for m, ts in internal_edges().items()}
+    # A package's __init__ importing its own submodules is how packages are built, not a cycle.
+    for m in edges:
+        edges[m] = {t for t in edges[m] if not (t.startswith(m + ".") or m.startswith(t + "."))}
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(m: str) -> None:
+        state[m] = 1
+        stack.append(m)
+        for t in sorted(edges[m]):
+            if state.get(t) == 1:
+                cycle = stack[stack.index(t):] + [t]
+                pytest.fail("import cycle: " + " -> ".join(cycle))
+            if t not in state:
+                visit(t)
+        stack.pop()
+        state[m] = 2
+
+    for m in sorted(edges):
+        if m not in state:
+            visit(m)
+
+
+def test_the_checker_catches_an_upward_import(tmp_path, monkeypatch):
+    """A planted core module that imports the CLI lazily, and a priors module that imports invdiff, are caught."""
+    fake = tmp_path / "invdiff"
+    (fake / "cli").mkdir(parents=True)
+    (fake / "cli" / "__init__.py").write_text("")
+    (fake / "cli" / "batch.py").write_text("def file_seed(): ...\n")
+    (fake / "__init__.py").write_text("")
+    (fake / "restore.py").write_text("def f():\n    from .cli.batch import file_seed\n")
+    prior_src = tmp_path / "priors"
+    prior_src.mkdir()
+    (prior_src / "__init__.py").write_text("")
+    (prior_src / "bad.py").write_text("from invdiff import restore\n")
+    monkeypatch.setitem(SOURCES, "invdiff", fake)
+    monkeypatch.setitem(SOURCES, "invdiff.priors", prior_src)
+    monkeypatch.setitem(SOURCES, "invdiff.operators", tmp_path / "none")
+    with pytest.raises(AssertionError) as err:
+        test_every_arrow_points_down()
+    assert "invdiff.restore:2 (core) imports invdiff.cli.batch (cli)" in str(err.value)
+    assert "invdiff.priors.bad:1 (priors) imports invdiff.restore (core)" in str(err.value)
+
+
+def test_the_checker_catches_a_cycle(tmp_path, monkeypatch):
+    src = tmp_path / "priors"
+    src.mkdir()
+    (src / "__init__.py").write_text("")
+    (src / "latent.py").write_text("def f():\n    from .loaders import g\n")
+    (src / "loaders.py").write_text("from .latent import f\n")
+    monkeypatch.setitem(SOURCES, "invdiff", tmp_path / "none")
+    monkeypatch.setitem(SOURCES, "invdiff.priors", src)
+    monkeypatch.setitem(SOURCES, "invdiff.operators", tmp_path / "none2")
+    with pytest.raises(pytest.fail.Exception, match="import cycle: invdiff.priors.latent -> invdiff.priors.loaders"):
+        test_no_import_cycles()
+
+
+def test_the_top_level_api():
+    import invdiff
+
+    for name in ("restore", "restore_volume", "METHODS", "Result", "operators", "priors", "datasets"):
+        assert hasattr(invdiff, name), name
+    assert invdiff.operators.__name__ == "invdiff.operators" and invdiff.priors.__name__ == "invdiff.priors"
