@@ -33,7 +33,7 @@ from .latent import LatentPrior, ModelUnits
 
 __all__ = [
     "DiscreteDDPMPrior", "DeepinvDenoiserPrior", "ddpm_alphas_cumprod", "load_checkpoint", "load_adm",
-    "load_diffusers", "load_monai", "load_state_dict", "ADM_PRESETS",
+    "load_diffusers", "load_diffusers_latent", "load_monai", "load_state_dict", "ADM_PRESETS",
 ]
 
 _PREDICTION_ALIASES = {"eps": "eps", "epsilon": "eps", "x0": "x0", "sample": "x0", "v": "v", "v_prediction": "v"}

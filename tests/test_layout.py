@@ -62,24 +62,30 @@ def all_modules() -> dict[str, Path]:
     return found
 
 
-def imports_of(path: Path, module: str) -> list[tuple[str, int]]:
-    """Every module ``path`` imports, anywhere in the file (lazy ones too), as absolute names with line numbers."""
+def imports_of(path: Path, module: str) -> list[tuple[tuple[str, ...], int]]:
+    """Every import in ``path`` (lazy ones and ``importlib.import_module`` / ``__import__`` of a
+    string too), as candidate absolute names, most specific first, with line numbers."""
     is_package = path.name == "__init__.py"
     package = module if is_package else module.rpartition(".")[0]
     out = []
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
         if isinstance(node, ast.Import):
-            out += [(alias.name, node.lineno) for alias in node.names]
+            out += [((alias.name,), node.lineno) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
             if node.level == 0:
                 base = node.module or ""
             else:
                 parts = package.split(".")
+                assert node.level - 1 < len(parts), f"{path}:{node.lineno}: relative import beyond the top package"
                 parts = parts[: len(parts) - (node.level - 1)]
                 base = ".".join(parts + ([node.module] if node.module else []))
-            # `from . import x` imports the submodule x when there is one.
-            out.append((base, node.lineno))
-            out += [(f"{base}.{alias.name}", node.lineno) for alias in node.names]
+            # `from pkg import x` imports the submodule pkg.x when there is one, else pkg itself.
+            out += [((f"{base}.{alias.name}", base), node.lineno) for alias in node.names]
+        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
+            func = node.func
+            name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
+            if name in ("__import__", "import_module") and isinstance(node.args[0].value, str):
+                out.append(((node.args[0].value,), node.lineno))
     return out
 
 
@@ -88,13 +94,15 @@ def internal_edges() -> dict[str, set[tuple[str, int]]]:
     edges = {}
     for name, path in modules.items():
         targets = set()
-        for target, line in imports_of(path, name):
-            # Resolve to the longest known module prefix (`invdiff.operators.Blur` -> `invdiff.operators`).
-            parts = target.split(".")
-            while parts and ".".join(parts) not in modules:
-                parts.pop()
-            if parts:
-                targets.add((".".join(parts), line))
+        for candidates, line in imports_of(path, name):
+            for target in candidates:
+                # Resolve to the longest known module prefix (`invdiff.operators.Blur` -> `invdiff.operators`).
+                parts = target.split(".")
+                while parts and ".".join(parts) not in modules:
+                    parts.pop()
+                if parts:
+                    targets.add((".".join(parts), line))
+                    break
         edges[name] = targets
     return edges
 
@@ -121,10 +129,9 @@ def test_every_arrow_points_down():
 
 
 def test_no_import_cycles():
+    # A package's __init__ importing its submodules is an edge like any other, so a submodule that
+    # imports a name back from its package closes a cycle (the __init__ has not finished running).
     edges = {m: {t for t, _ in ts if t != m} for m, ts in internal_edges().items()}
-    # A package's __init__ importing its own submodules is how packages are built, not a cycle.
-    for m in edges:
-        edges[m] = {t for t in edges[m] if not (t.startswith(m + ".") or m.startswith(t + "."))}
     state: dict[str, int] = {}
     stack: list[str] = []
 
@@ -153,6 +160,7 @@ def test_the_checker_catches_an_upward_import(tmp_path, monkeypatch):
     (fake / "cli" / "batch.py").write_text("def file_seed(): ...\n")
     (fake / "__init__.py").write_text("")
     (fake / "restore.py").write_text("def f():\n    from .cli.batch import file_seed\n")
+    (fake / "volume.py").write_text("import importlib\nbatch = importlib.import_module('invdiff.cli.batch')\n")
     prior_src = tmp_path / "priors"
     prior_src.mkdir()
     (prior_src / "__init__.py").write_text("")
@@ -163,6 +171,7 @@ def test_the_checker_catches_an_upward_import(tmp_path, monkeypatch):
     with pytest.raises(AssertionError) as err:
         test_every_arrow_points_down()
     assert "invdiff.restore:2 (core) imports invdiff.cli.batch (cli)" in str(err.value)
+    assert "invdiff.volume:2 (core) imports invdiff.cli.batch (cli)" in str(err.value)
     assert "invdiff.priors.bad:1 (priors) imports invdiff.restore (core)" in str(err.value)
 
 
@@ -185,3 +194,17 @@ def test_the_top_level_api():
     for name in ("restore", "restore_volume", "METHODS", "Result", "operators", "priors", "datasets"):
         assert hasattr(invdiff, name), name
     assert invdiff.operators.__name__ == "invdiff.operators" and invdiff.priors.__name__ == "invdiff.priors"
+
+
+def test_the_checker_catches_a_cycle_through_a_package(tmp_path, monkeypatch):
+    """``invdiff/__init__`` imports ``restore``, which imports a name back from ``invdiff``: a cycle."""
+    fake = tmp_path / "invdiff"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("from .restore import restore\nfrom .volume import restore_volume\n")
+    (fake / "volume.py").write_text("def restore_volume(): ...\n")
+    (fake / "restore.py").write_text("from invdiff import restore_volume\n")
+    monkeypatch.setitem(SOURCES, "invdiff", fake)
+    monkeypatch.setitem(SOURCES, "invdiff.priors", tmp_path / "none")
+    monkeypatch.setitem(SOURCES, "invdiff.operators", tmp_path / "none2")
+    with pytest.raises(pytest.fail.Exception, match="import cycle: invdiff -> invdiff.restore -> invdiff"):
+        test_no_import_cycles()

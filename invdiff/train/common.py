@@ -88,10 +88,10 @@ class Progress:
     def __init__(self, total: int, enabled: bool):
         self.enabled = enabled
         if enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+            import rich.progress as rp
 
-            self.p = Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(),
-                              TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn())  # fmt: skip
+            self.p = rp.Progress(rp.TextColumn("training"), rp.BarColumn(), rp.MofNCompleteColumn(),
+                                 rp.TextColumn("loss {task.fields[loss]}"), rp.TimeRemainingColumn())  # fmt: skip
             self.task = self.p.add_task("train", total=total, loss="-")
             self.p.start()
 
