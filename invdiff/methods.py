@@ -38,8 +38,9 @@ class Method:
     needs: frozenset[str] = frozenset()
     noise_models: bool = False
     description: str = ""
-    #: first noise level of the sampling schedule for pixel priors, in data units (None: the prior's
-    #: own ``sigma_max``); chosen on validation images, see ``benchmarks/results/schedule.md``
+    #: first noise level of the sampling schedule for the shipped pixel priors, in data units (None:
+    #: the prior's own ``sigma_max``); chosen on validation images, see ``benchmarks/results/schedule.md``.
+    #: Other priors (users' checkpoints, analytic priors) start at their own ``sigma_max``.
     sigma_max: float | None = None
 
     @property

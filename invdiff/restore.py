@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from .methods import METHODS, Method
 from .priors.base import Prior
 from .priors.latent import LatentPrior
+from .samplers.common import accumulation_dtype
 from .samplers.repaint import inpainting_mask
 
 if TYPE_CHECKING:
@@ -45,6 +46,8 @@ class Result:
         seconds: wall time of the sampler.
         method, steps: the method's name and its number of noise levels.
         knobs: every knob the sampler ran with (defaults and overrides).
+        dtype: the dtype the sampler computed in, e.g. ``"float32"`` (see ``restore``);
+            ``mean``, ``std`` and ``samples`` are in ``y``'s dtype whatever it was.
     """
 
     mean: Tensor
@@ -55,12 +58,14 @@ class Result:
     method: str
     steps: int
     knobs: dict[str, Any] = field(default_factory=dict)
+    dtype: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly summary without tensors."""
         return {
             "method": self.method,
             "steps": self.steps,
+            "dtype": self.dtype,
             "samples": self.samples.shape[0],
             "shape": list(self.mean.shape),
             "nfe": self.nfe,
@@ -86,6 +91,9 @@ class _CountingPrior(Prior):
 
     def clip(self, x0: Tensor) -> Tensor:
         return self.prior.clip(x0)
+
+    def data_mean(self) -> Tensor | None:
+        return self.prior.data_mean()
 
     @property
     def sigma_min(self) -> float:  # type: ignore[override]
@@ -138,7 +146,9 @@ def restore(
         steps: number of noise levels; ``None`` takes the method's default.
         sigma_max: first noise level of the schedule (data units; latent units for a latent
             prior), capped at the prior's own.  ``None`` takes the method's default
-            (``METHODS[method].sigma_max``, for pixel priors), else the prior's ``sigma_max``.
+            (``METHODS[method].sigma_max``) for the shipped pixel priors it was chosen on
+            (``load_prior("natural-gray")`` and the like), and the prior's own ``sigma_max``
+            for every other prior (analytic priors, users' checkpoints, latent priors).
         sigma_y: measurement noise std in data units (0 for noiseless).  Required unless
             ``noise`` is given; a ``Gaussian`` noise model supplies it.
         samples: posterior samples per image, drawn together as a batch of ``samples * B``.
@@ -147,12 +157,26 @@ def restore(
         callback: passed to the sampler, called with a dict per step.
         **knobs: the method's own keyword knobs (see ``METHODS[method].knobs``).
 
+    Precision: the sampler computes in one dtype, ``Result.dtype``: the dtype of the prior's
+    floating parameters when it has any (a U-Net in float16 computes in float16, in float32
+    in float32, whatever ``y``'s dtype), and for a prior without parameters (the analytic
+    ``GaussianPrior`` and ``GaussianMixturePrior``, which keep float64 buffers) ``y``'s dtype,
+    except that float16 or bfloat16 ``y`` is computed in float32.  ``y`` is cast to that dtype
+    (operators follow their input's dtype), the noise levels stay float64 and reach the sampler
+    as Python floats, and ``mean``, ``std`` and ``samples`` come back in ``y``'s dtype.  Any mix
+    of float32, float16 and bfloat16 is accepted; float64 on one side only (a float64 prior
+    with float32 ``y`` or the reverse) is refused as a likely mistake.  In half precision the
+    samplers' sums, norms, conjugate gradients and FFTs run in float32 (``samplers.common``,
+    ``operators.fourier``); the rest, the denoiser included, runs in the half dtype.
+
     Returns:
-        ``Result`` with mean, std, samples, nfe and timing.
+        ``Result`` with mean, std, samples, nfe, timing and the compute dtype.
     """
     # Validate everything before any sampling.
     _check_y(y)
     _check_devices(prior, op, y, generator)
+    y_dtype, dtype = y.dtype, _compute_dtype(prior, y)
+    y = _cast_y(y, dtype)
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; known methods: {', '.join(METHODS)}")
     m = METHODS[method]
@@ -180,9 +204,10 @@ def restore(
     op_rep = op.repeat_batch(samples)
     if generator is None:
         generator = torch.Generator(device=y.device).manual_seed(seed)
-    if sigma_max is None and not isinstance(prior, LatentPrior):
-        sigma_max = m.sigma_max
-    sigmas = prior.sigmas(steps, sigma_max).to(device=y.device, dtype=y.dtype)
+    if sigma_max is None and getattr(prior, "shipped", None) is not None and not isinstance(prior, LatentPrior):
+        sigma_max = m.sigma_max  # the method's start, chosen on the shipped priors
+    # Noise levels stay float64 whatever y's dtype: a 1000-level schedule in bfloat16 is not decreasing.
+    sigmas = prior.sigmas(steps, sigma_max).to(device=y.device, dtype=torch.float64)
     counter = _CountingLatentPrior(prior) if isinstance(prior, LatentPrior) else _CountingPrior(prior)
     extra = {"noise": noise} if m.noise_models else {}
 
@@ -196,17 +221,19 @@ def restore(
         torch.cuda.synchronize(x.device)
     seconds = time.perf_counter() - start
 
-    xs = x.reshape(samples, *x_shape)
+    # The summary over samples in at least float32, everything returned in y's dtype.
+    xs = x.reshape(samples, *x_shape).to(accumulation_dtype(x.dtype))
     std = xs.std(dim=0) if samples > 1 else torch.zeros_like(xs[0])
     return Result(
-        mean=xs.mean(dim=0),
-        std=std,
-        samples=xs,
+        mean=xs.mean(dim=0).to(y_dtype),
+        std=std.to(y_dtype),
+        samples=xs.to(y_dtype),
         nfe=counter.calls,
         seconds=seconds,
         method=method,
         steps=steps,
         knobs={**valid, **knobs},
+        dtype=str(dtype).removeprefix("torch."),
     )
 
 
@@ -336,11 +363,34 @@ def _same_device(a: torch.device, b: torch.device) -> bool:
     return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
 
 
+def _compute_dtype(prior: Prior, y: Tensor) -> torch.dtype:
+    """The dtype ``restore`` samples in: the prior's floating parameter dtype, else ``y``'s (float32 for half ``y``)."""
+    place = _placement(prior)
+    if place is not None and place[1] is not None:
+        return place[1]
+    return accumulation_dtype(y.dtype)
+
+
+def _cast_y(y: Tensor, dtype: torch.dtype) -> Tensor:
+    """``y`` in the compute dtype; raises ``ValueError`` if it does not fit that dtype's range."""
+    if y.dtype == dtype:
+        return y
+    out = y.to(dtype)
+    if not torch.isfinite(out).all():
+        raise ValueError(
+            f"y reaches {y.abs().max().item():.4g}, beyond {dtype}'s largest value {torch.finfo(dtype).max:.4g}, "
+            f"and the prior computes in {dtype}; rescale y or use a float32 prior (prior.float())"
+        )
+    return out
+
+
 def _check_devices(prior: Prior, op: Operator, y: Tensor, generator: torch.Generator | None) -> None:
     place = _placement(prior)
     if place is not None:
         device, dtype = place
-        if not _same_device(device, y.device) or (dtype is not None and dtype != y.dtype):
+        # float32, float16 and bfloat16 mix (restore casts y to the compute dtype); float64 on one side only does not.
+        wide = dtype is not None and dtype != y.dtype and torch.float64 in (dtype, y.dtype)
+        if not _same_device(device, y.device) or wide:
             raise ValueError(
                 f"prior is on {device} ({dtype}) but y is on {y.device} ({y.dtype}); "
                 f"move one, e.g. prior.to({str(y.device)!r}, {y.dtype})"

@@ -83,6 +83,7 @@ def restore_batch(
         method=first.method,
         steps=first.steps,
         knobs=first.knobs,
+        dtype=first.dtype,
     )
 
 

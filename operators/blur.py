@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._shape import ShapedSVDOperator, fmt, require_image
-from .fourier import fourier_coords, fourier_image, magnitude_coords, phase_coords, rotate_coords
+from .fourier import fft_real_dtype, fourier_coords, fourier_image, magnitude_coords, phase_coords, rotate_coords
 
 PADDINGS = ("circular", "reflect", "replicate", "valid")
 
@@ -259,14 +259,15 @@ class Blur(ShapedSVDOperator):
 
     # -- SVD (circular) --------------------------------------------------------
     def transfer_function(self) -> Tensor:
-        """``K = DFT(k)`` of the centred, zero-padded kernel: ``(Ck, H, W)`` complex."""
+        """``K = DFT(k)`` of the centred, zero-padded kernel: ``(Ck, H, W)`` complex (complex64 for half data)."""
         self._need_svd()
 
         def build() -> Tensor:
             _, h, w = self.image_shape
             ck, kh, kw = self.kernel.shape
-            kpad = torch.zeros(ck, h, w, **self._factory())
-            kpad[:, :kh, :kw] = self.kernel.to(**self._factory())
+            factory = {"dtype": fft_real_dtype(self._dtype), "device": self._device}  # no half FFT on the CPU
+            kpad = torch.zeros(ck, h, w, **factory)
+            kpad[:, :kh, :kw] = self.kernel.to(**factory)
             kpad = torch.roll(kpad, shifts=(-(kh // 2), -(kw // 2)), dims=(-2, -1))
             return torch.fft.fft2(kpad)
 
@@ -309,7 +310,7 @@ class Blur(ShapedSVDOperator):
 
     def _singulars(self) -> Tensor:
         c, h, w = self.image_shape
-        return magnitude_coords(self.transfer_function()).expand(c, h * w).reshape(-1)
+        return magnitude_coords(self.transfer_function()).to(self._dtype).expand(c, h * w).reshape(-1)
 
     def extra_repr(self) -> str:
         return f"kernel={fmt(self.kernel.shape)}, padding={self.padding!r}"

@@ -117,11 +117,11 @@ class DeepinvSVDOperator(ShapedSVDOperator):
 
     def Ut(self, y: Tensor) -> Tensor:
         self._see(self.x_shape_svd(y), y)
-        return (self._sign() * self.physics.U_adjoint(y)).reshape(y.shape[0], -1)
+        return (self._sign().to(y.dtype) * self.physics.U_adjoint(y)).reshape(y.shape[0], -1)
 
     def U(self, w: Tensor) -> Tensor:
         self._check_vec(w, self._n(), "U")
-        return self.physics.U(self._sign() * w.reshape(w.shape[0], *self.physics_shape))
+        return self.physics.U(self._sign().to(w.dtype) * w.reshape(w.shape[0], *self.physics_shape))
 
     def _singulars(self) -> Tensor:
         mask = self._mask()

@@ -146,7 +146,7 @@ class Downsampling(ShapedSVDOperator):
             blocks = x.reshape(b, c, hh // f, f, ww // f, f).permute(0, 1, 2, 4, 3, 5).reshape(b, c, hh // f, ww // f, f * f)
             z = blocks @ helmert(f * f, x.dtype, x.device).T
             return torch.cat([z[..., 0].reshape(b, -1), z[..., 1:].reshape(b, -1)], dim=1)
-        _, _, vt_h, _, _, vt_w = self._svd1d()
+        _, _, vt_h, _, _, vt_w = (t.to(x.dtype) for t in self._svd1d())
         zt = vt_h @ x @ vt_w.T  # V_h^T X V_w
         h, w = hh // f, ww // f
         first = zt[..., :h, :w].reshape(b, -1)
@@ -162,7 +162,7 @@ class Downsampling(ShapedSVDOperator):
             blocks = torch.cat([z[:, :m].reshape(b, c, h, w, 1), z[:, m:].reshape(b, c, h, w, f * f - 1)], dim=-1)
             blocks = blocks @ helmert(f * f, z.dtype, z.device)
             return blocks.reshape(b, c, h, w, f, f).permute(0, 1, 2, 4, 3, 5).reshape(b, c, hh, ww)
-        _, _, vt_h, _, _, vt_w = self._svd1d()
+        _, _, vt_h, _, _, vt_w = (t.to(z.dtype) for t in self._svd1d())  # cached in the last input's dtype
         rest = z[:, m:].reshape(b, c, -1)
         n_right = h * (ww - w)
         top = torch.cat([z[:, :m].reshape(b, c, h, w), rest[..., :n_right].reshape(b, c, h, ww - w)], dim=-1)
@@ -173,7 +173,7 @@ class Downsampling(ShapedSVDOperator):
         self._see(self.x_shape_svd(y), y)
         if self.filter == "box":
             return y.reshape(y.shape[0], -1)
-        u_h, _, _, u_w, _, _ = self._svd1d()
+        u_h, _, _, u_w, _, _ = (t.to(y.dtype) for t in self._svd1d())
         return (u_h.T @ y @ u_w).reshape(y.shape[0], -1)
 
     def U(self, w: Tensor) -> Tensor:
@@ -181,7 +181,7 @@ class Downsampling(ShapedSVDOperator):
         y = w.reshape(w.shape[0], *self._small())
         if self.filter == "box":
             return y
-        u_h, _, _, u_w, _, _ = self._svd1d()
+        u_h, _, _, u_w, _, _ = (t.to(w.dtype) for t in self._svd1d())
         return u_h @ y @ u_w.T
 
     def _singulars(self) -> Tensor:

@@ -12,6 +12,11 @@ An operator diagonalised by the DFT, ``X -> K(k) X(k)`` with ``K`` Hermitian
 coordinate by ``K(k)``: a rotation by ``arg K(k)`` times ``|K(k)|``.  The
 rotation goes into ``U`` and ``|K|`` becomes the singular values, each
 appearing twice for a ``k / -k`` pair.
+
+Half precision: torch has no float16 / bfloat16 FFT on the CPU (and no bfloat16
+complex dtype anywhere), so every FFT here runs in float32 / complex64 for half
+inputs; the real-to-real helpers cast their result back to the input's dtype,
+the complex-valued ones (``fft2c``, ``ifft2c``, ``coords_spectrum``) return complex64.
 """
 
 from __future__ import annotations
@@ -33,7 +38,27 @@ __all__ = [
     "fft2c",
     "ifft2c",
     "fourier_index",
+    "fft_real_dtype",
 ]
+
+#: half-precision dtypes whose FFTs run in float32 / complex64
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def fft_real_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The real dtype an FFT of ``dtype`` data runs in: float32 for half precision (real or complex32), else itself."""
+    if dtype in _HALF or dtype == torch.complex32:
+        return torch.float32
+    return dtype
+
+
+def _fft_in(x: Tensor) -> Tensor:
+    """``x`` upcast for torch.fft: half -> float32, complex32 -> complex64; other dtypes unchanged."""
+    if x.dtype in _HALF:
+        return x.float()
+    if x.dtype == torch.complex32:
+        return x.to(torch.complex64)
+    return x
 
 
 @functools.lru_cache(maxsize=64)
@@ -78,7 +103,7 @@ def coords_spectrum(z: Tensor, size: tuple[int, int]) -> Tensor:
     h, w = size
     s, rep, _, inverse = fourier_index(h, w, z.device)
     n_s, n_p = s.numel(), rep.numel()
-    zs, zr, zi = z.split([n_s, n_p, n_p], dim=-1)
+    zs, zr, zi = _fft_in(z).split([n_s, n_p, n_p], dim=-1)
     xp = torch.complex(zr, zi) / math.sqrt(2.0)
     xs = torch.complex(zs, torch.zeros_like(zs))
     X = torch.cat([xs, xp, xp.conj()], dim=-1).index_select(-1, inverse)
@@ -86,13 +111,13 @@ def coords_spectrum(z: Tensor, size: tuple[int, int]) -> Tensor:
 
 
 def fourier_coords(x: Tensor) -> Tensor:
-    """``V^T``: real image ``(..., H, W)`` -> orthonormal real Fourier coordinates ``(..., H*W)``."""
-    return spectrum_coords(torch.fft.fft2(x, norm="ortho"))
+    """``V^T``: real image ``(..., H, W)`` -> orthonormal real Fourier coordinates ``(..., H*W)``, in ``x``'s dtype."""
+    return spectrum_coords(torch.fft.fft2(_fft_in(x), norm="ortho")).to(x.dtype)
 
 
 def fourier_image(z: Tensor, size: tuple[int, int]) -> Tensor:
-    """``V``: coordinates ``(..., H*W)`` -> real image ``(..., H, W)``; inverse of ``fourier_coords``."""
-    return torch.fft.ifft2(coords_spectrum(z, size), norm="ortho").real
+    """``V``: coordinates ``(..., H*W)`` -> real image ``(..., H, W)`` in ``z``'s dtype; inverse of ``fourier_coords``."""
+    return torch.fft.ifft2(coords_spectrum(z, size), norm="ortho").real.to(z.dtype)
 
 
 def magnitude_coords(K: Tensor) -> Tensor:
@@ -126,7 +151,11 @@ def phase_coords(K: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def rotate_coords(z: Tensor, cos: Tensor, sin: Tensor, size: tuple[int, int], inverse: bool = False) -> Tensor:
-    """Multiply the spectrum represented by ``z`` by the unit phase ``cos + i sin`` (or its conjugate)."""
+    """Multiply the spectrum represented by ``z`` by the unit phase ``cos + i sin`` (or its conjugate).
+
+    ``cos`` and ``sin`` are cast to ``z``'s dtype (they may be cached in another one).
+    """
+    cos, sin = cos.to(z.dtype), sin.to(z.dtype)
     h, w = size
     s, rep, _, _ = fourier_index(h, w, z.device)
     n_s, n_p = s.numel(), rep.numel()
@@ -137,12 +166,15 @@ def rotate_coords(z: Tensor, cos: Tensor, sin: Tensor, size: tuple[int, int], in
 
 
 def fft2c(x: Tensor) -> Tensor:
-    """Centred orthonormal 2-D FFT over the last two dims (fastMRI: ifftshift -> fft2 -> fftshift)."""
-    x = torch.fft.ifftshift(x, dim=(-2, -1))
+    """Centred orthonormal 2-D FFT over the last two dims (fastMRI: ifftshift -> fft2 -> fftshift).
+
+    Half-precision input is transformed in float32: the result is complex64.
+    """
+    x = torch.fft.ifftshift(_fft_in(x), dim=(-2, -1))
     return torch.fft.fftshift(torch.fft.fft2(x, norm="ortho"), dim=(-2, -1))
 
 
 def ifft2c(X: Tensor) -> Tensor:
-    """Inverse of ``fft2c``."""
-    X = torch.fft.ifftshift(X, dim=(-2, -1))
+    """Inverse of ``fft2c`` (half precision or complex32 in: complex64 out)."""
+    X = torch.fft.ifftshift(_fft_in(X), dim=(-2, -1))
     return torch.fft.fftshift(torch.fft.ifft2(X, norm="ortho"), dim=(-2, -1))

@@ -40,7 +40,7 @@ from torch import Tensor
 
 from ._shape import ShapedSVDOperator, as_4d_mask, fmt, require_batch, require_image
 from .base import LinearOperator, _col
-from .fourier import fft2c, fourier_coords, fourier_image, fourier_index, ifft2c
+from .fourier import fft2c, fft_real_dtype, fourier_coords, fourier_image, fourier_index, ifft2c
 
 
 class MRI(ShapedSVDOperator):
@@ -132,8 +132,9 @@ class MRI(ShapedSVDOperator):
         self._see(x.shape, x)
         b, c, h, w = x.shape
         if self.complex_input:
-            X = fft2c(torch.complex(x[:, 0::2], x[:, 1::2]))
-            return torch.stack([X.real, X.imag], dim=2).reshape(b, -1)
+            xf = x.to(fft_real_dtype(x.dtype))  # torch has no bfloat16 complex: half runs in float32
+            X = fft2c(torch.complex(xf[:, 0::2], xf[:, 1::2]))
+            return torch.stack([X.real, X.imag], dim=2).reshape(b, -1).to(x.dtype)
         return fourier_coords(torch.fft.ifftshift(x, dim=(-2, -1))).reshape(b, -1)
 
     def V(self, z: Tensor) -> Tensor:
@@ -141,9 +142,9 @@ class MRI(ShapedSVDOperator):
         self._check_vec(z, c * h * w, "V")
         b = z.shape[0]
         if self.complex_input:
-            z = z.reshape(b, c // 2, 2, h, w)
-            x = ifft2c(torch.complex(z[:, :, 0], z[:, :, 1]))
-            return torch.stack([x.real, x.imag], dim=2).reshape(b, c, h, w)
+            zf = z.to(fft_real_dtype(z.dtype)).reshape(b, c // 2, 2, h, w)
+            x = ifft2c(torch.complex(zf[:, :, 0], zf[:, :, 1]))
+            return torch.stack([x.real, x.imag], dim=2).reshape(b, c, h, w).to(z.dtype)
         return torch.fft.fftshift(fourier_image(z.reshape(b, c, h * w), (h, w)), dim=(-2, -1))
 
     def Ut(self, y: Tensor) -> Tensor:
@@ -152,7 +153,7 @@ class MRI(ShapedSVDOperator):
         if self.complex_input:
             return y.reshape(b, -1)
         s, rep, rep_neg, _ = fourier_index(h, w, y.device)
-        _, alpha, beta, _ = self._pair_weights()
+        alpha, beta = (t.to(y.dtype) for t in self._pair_weights()[1:3])
         yu = torch.fft.ifftshift(y, dim=(-2, -1)).reshape(b, c2 // 2, 2, h * w)
         yr, yi = yu[:, :, 0], yu[:, :, 1]
         # coordinates on the left singular vectors (module docstring)
@@ -169,7 +170,7 @@ class MRI(ShapedSVDOperator):
             return wv.reshape(b, c, h, w)
         self._check_vec(wv, c * h * w, "U")
         s, rep, _, inverse = fourier_index(h, w, wv.device)
-        _, alpha, beta, _ = self._pair_weights()
+        alpha, beta = (t.to(wv.dtype) for t in self._pair_weights()[1:3])
         w_self, w_re, w_im = wv.reshape(b, c, h * w).split([s.numel(), rep.numel(), rep.numel()], dim=-1)
         # k-space (uncentred, flat) laid out as [self | rep | rep_neg], then permuted back
         yr = torch.cat([w_self, alpha * w_re, beta * w_re], dim=-1).index_select(-1, inverse)
@@ -305,21 +306,23 @@ class MultiCoilMRI(LinearOperator):
     def forward(self, x: Tensor) -> Tensor:
         self.check(x.shape)
         b, _, h, w = x.shape
+        dtype, x = x.dtype, x.to(fft_real_dtype(x.dtype))  # half precision runs in float32, returns in half
         z = torch.complex(x[:, 0::2], x[:, 1::2]) if self.complex_input else x.to(_complex_of(x.dtype))
         s = self.coil_maps(x)[:, None]  # (Bm, 1, N_c, H, W)
         k = fft2c(s * z[:, :, None]) * self.mask.to(x)[:, :, None]  # (B, C, N_c, H, W)
-        return torch.stack([k.real, k.imag], dim=3).reshape(b, -1, h, w)
+        return torch.stack([k.real, k.imag], dim=3).reshape(b, -1, h, w).to(dtype)
 
     def adjoint(self, y: Tensor) -> Tensor:
         shape = self.x_shape(y)
         self.check(shape)
         b, _, h, w = y.shape
+        dtype, y = y.dtype, y.to(fft_real_dtype(y.dtype))
         yk = y.reshape(b, -1, self.coils, 2, h, w)
         k = torch.complex(yk[:, :, :, 0], yk[:, :, :, 1]) * self.mask.to(y)[:, :, None]
         z = (self.coil_maps(y)[:, None].conj() * ifft2c(k)).sum(dim=2)  # (B, C, H, W)
         if self.complex_input:
-            return torch.stack([z.real, z.imag], dim=2).reshape(shape)
-        return z.real
+            return torch.stack([z.real, z.imag], dim=2).reshape(shape).to(dtype)
+        return z.real.to(dtype)
 
     def repeat_batch(self, n: int) -> "MultiCoilMRI":
         if self.mask.shape[0] == 1 and self.maps.shape[0] == 1:

@@ -39,7 +39,7 @@ class PhaseRetrieval(Operator):
     def forward(self, x: Tensor) -> Tensor:
         require_image(x.shape, "PhaseRetrieval")
         p, q = self._pad(x.shape[2]), self._pad(x.shape[3])
-        return fft2c(F.pad(x, (q, q, p, p))).abs()
+        return fft2c(F.pad(x, (q, q, p, p))).abs().to(x.dtype)  # half input: FFT in float32, cast back
 
     def x_shape(self, y: Tensor) -> tuple[int, ...]:
         b, c, hp, wp = require_image(y.shape, "PhaseRetrieval")

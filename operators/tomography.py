@@ -29,6 +29,15 @@ from torch import Tensor
 from ._shape import ShapedSVDOperator, fmt, require_image
 from .base import LinearOperator
 
+#: half-precision dtypes: their sums over lines and matrix products run in float32
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def _matmul(a: Tensor, m: Tensor) -> Tensor:
+    """``a @ m`` in ``a``'s dtype, accumulated in float32 when ``a`` is half precision (``m`` cast to match)."""
+    work = torch.float32 if a.dtype in _HALF else a.dtype
+    return (a.to(work) @ m.to(work)).to(a.dtype)
+
 
 class Tomography(LinearOperator):
     """Parallel-beam Radon transform: ``(B, C, H, W) -> (B, C, n_detectors, n_angles)``.
@@ -190,8 +199,14 @@ class Tomography(LinearOperator):
 
     # -- operator --------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
-        """Radon transform (Kak & Slaney 1988, eq. 3.1), pixel-driven with linear interpolation."""
+        """Radon transform (Kak & Slaney 1988, eq. 3.1), pixel-driven with linear interpolation.
+
+        Half-precision ``x`` is summed in float32 (each bin adds up a whole line of
+        pixels) and the sinogram returned in ``x``'s dtype.
+        """
         self.check(x.shape)
+        if x.dtype in _HALF:
+            return self.forward(x.float()).to(x.dtype)
         b, c, h, w = x.shape
         index_lo, index_hi, w_lo, w_hi = self._geometry(x.dtype, x.device)
         a, d = self.n_angles, self.n_detectors
@@ -204,8 +219,10 @@ class Tomography(LinearOperator):
         return sino * self.scale if self.scale != 1.0 else sino
 
     def adjoint(self, y: Tensor) -> Tensor:
-        """Back-projection, the exact transpose of ``forward``: gather with the same weights."""
+        """Back-projection, the exact transpose of ``forward``: gather with the same weights (summed in float32 for half ``y``)."""
         self._check_y(y)
+        if y.dtype in _HALF:
+            return self.adjoint(y.float()).to(y.dtype)
         b, c = y.shape[:2]
         h, w = self.image_size
         index_lo, index_hi, w_lo, w_hi = self._geometry(y.dtype, y.device)
@@ -225,8 +242,12 @@ class Tomography(LinearOperator):
         their angular widths ``view_weights`` (``pi / n_angles`` for views evenly
         spread over 180 degrees).  For a limited arc this is the plain FBP of the
         measured views, with the missing-wedge streaks that come with it.
+        Half-precision ``y`` is filtered in float32 (no half FFT on the CPU) and the
+        image returned in ``y``'s dtype.
         """
         self._check_y(y)
+        if y.dtype in _HALF:
+            return self.fbp(y.float()).to(y.dtype)
         d = self.n_detectors
         size = max(64, 1 << (2 * d - 1).bit_length())
         n = torch.cat([torch.arange(1, size // 2 + 1, 2), torch.arange(size // 2 - 1, 0, -2)]).to(torch.float64)
@@ -368,7 +389,7 @@ class TomographySVD(ShapedSVDOperator):
         self.check(x.shape)
         self._see(x.shape, x)
         b, c = x.shape[:2]
-        z = x.reshape(b, c, -1) @ self.v.to(x.dtype)
+        z = _matmul(x.reshape(b, c, -1), self.v)
         k = self._k()
         return torch.cat([z[..., :k].reshape(b, -1), z[..., k:].reshape(b, -1)], dim=1)
 
@@ -378,20 +399,20 @@ class TomographySVD(ShapedSVDOperator):
         self._check_vec(z, c * n, "V")
         b = z.shape[0]
         full = torch.cat([z[:, : c * k].reshape(b, c, k), z[:, c * k :].reshape(b, c, n - k)], dim=2)
-        return (full @ self.v.to(z.dtype).T).reshape(b, c, h, w)
+        return _matmul(full, self.v.T).reshape(b, c, h, w)
 
     def Ut(self, y: Tensor) -> Tensor:
         """sinogram ``(B, C, n_detectors, n_angles) -> (B, C*K)``."""
         shape = self.tomography.x_shape(y)
         self._see(shape, y)
         b, c = y.shape[:2]
-        return (y.transpose(-1, -2).reshape(b, c, -1) @ self.u.to(y.dtype)).reshape(b, -1)
+        return _matmul(y.transpose(-1, -2).reshape(b, c, -1), self.u).reshape(b, -1)
 
     def U(self, w: Tensor) -> Tensor:
         c = self.image_shape[0]
         self._check_vec(w, c * self._k(), "U")
         b = w.shape[0]
-        y = w.reshape(b, c, -1) @ self.u.to(w.dtype).T
+        y = _matmul(w.reshape(b, c, -1), self.u.T)
         return y.reshape(b, c, self.n_angles, self.n_detectors).transpose(-1, -2)
 
     def _singulars(self) -> Tensor:

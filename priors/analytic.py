@@ -234,6 +234,10 @@ class GaussianPrior(Prior):
         """Dimension ``N = C*H*W``."""
         return self.mean.shape[0]
 
+    def data_mean(self) -> Tensor:
+        """The prior's mean ``(C, H, W)``, float64."""
+        return self.mean.reshape(self.shape)
+
     @property
     def cov(self) -> Tensor:
         """Dense ``(N, N)`` float64 covariance ``Q diag(lam) Q^T`` (as used by ``denoise``)."""
@@ -346,6 +350,10 @@ class GaussianMixturePrior(Prior):
     def n(self) -> int:
         """Dimension ``N = C*H*W``."""
         return self.means.shape[1]
+
+    def data_mean(self) -> Tensor:
+        """The mixture's mean ``sum_k pi_k m_k``, ``(C, H, W)``, float64."""
+        return (self.weights @ self.means).reshape(self.shape)
 
     @property
     def covs(self) -> Tensor:

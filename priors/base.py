@@ -15,21 +15,21 @@ from torch import Tensor, nn
 
 
 def karras_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> Tensor:
-    """EDM schedule (Karras et al. 2022, eq. 5): ``steps`` levels then a final 0."""
+    """EDM schedule (Karras et al. 2022, eq. 5): ``steps`` levels then a final 0, float64."""
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
     ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
     lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
     s = (hi + ramp * (lo - hi)) ** rho
-    return torch.cat([s, s.new_zeros(1)]).float()
+    return torch.cat([s, s.new_zeros(1)])
 
 
 def geometric_sigmas(steps: int, sigma_min: float, sigma_max: float) -> Tensor:
-    """Log-uniform schedule from ``sigma_max`` to ``sigma_min``, then 0."""
+    """Log-uniform schedule from ``sigma_max`` to ``sigma_min``, then 0, float64."""
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
     s = torch.logspace(math.log10(sigma_max), math.log10(sigma_min), steps, dtype=torch.float64)
-    return torch.cat([s, s.new_zeros(1)]).float()
+    return torch.cat([s, s.new_zeros(1)])
 
 
 def as_sigma(sigma: float | Tensor, x: Tensor) -> Tensor:
@@ -48,11 +48,15 @@ class Prior(nn.Module):
     Attributes:
         sigma_min, sigma_max: the range of noise levels the prior knows (data units).
         data_range: ``(lo, hi)`` of clean data; samplers may clip ``x0_hat`` to it.
+        shipped: the shipped name this prior was loaded by (``load_prior("natural-gray")``),
+            None for any other prior; the methods' default schedule starts were chosen on the
+            shipped priors and apply to them only.
     """
 
     sigma_min: float = 0.002
     sigma_max: float = 80.0
     data_range: tuple[float, float] = (0.0, 1.0)
+    shipped: str | None = None
 
     def denoise(self, x: Tensor, sigma: float | Tensor) -> Tensor:  # pragma: no cover - abstract
         """``x``: ``(B, C, H, W)``, ``sigma``: float or ``(B,)`` -> ``x0_hat`` like ``x``."""
@@ -79,6 +83,10 @@ class Prior(nn.Module):
                 f"got {sigma_max!r}"
             )
         return min(float(sigma_max), float(self.sigma_max))
+
+    def data_mean(self) -> Tensor | None:
+        """The mean of clean data, ``(C, H, W)``, where the prior knows it exactly; None otherwise."""
+        return None
 
     def score(self, x: Tensor, sigma: float | Tensor) -> Tensor:
         """``grad log p_sigma(x) = (x0_hat - x) / sigma^2``."""

@@ -70,6 +70,10 @@ class ChannelwisePrior(Prior):
     def sigmas(self, steps: int, sigma_max: float | None = None) -> Tensor:
         return self.prior.sigmas(steps, sigma_max)
 
+    def data_mean(self) -> Tensor | None:
+        mean = self.prior.data_mean()
+        return None if mean is None else mean.repeat(self.groups, 1, 1)
+
     def denoise(self, x: Tensor, sigma: float | Tensor) -> Tensor:
         b, ch, h, w = x.shape
         c = self.inner_channels

@@ -40,7 +40,7 @@ from .trained import EDMPrecond, read_folder, write_folder
 from .unet import UNet, UNetConfig, _norm
 
 __all__ = [
-    "AutoencoderConfig", "KLAutoencoder", "LatentUNetPrior", "LatentPrior", "ModelUnits", "load_diffusers_latent",
+    "AutoencoderConfig", "KLAutoencoder", "LatentUNetPrior", "LatentPrior", "ModelUnits",
 ]
 
 
@@ -321,6 +321,10 @@ class LatentPrior(Prior):
         """``z``: ``(B, c, h, w)`` = ``z0 + sigma n`` (latent space), ``sigma``: float or ``(B,)`` -> ``z0_hat``."""
         return self.latent_prior.denoise(z, sigma)
 
+    def data_mean(self) -> Tensor | None:
+        """The mean of the *latents* where the latent denoiser knows it (``data_range`` is the images')."""
+        return self.latent_prior.data_mean()
+
     def sigmas(self, steps: int, sigma_max: float | None = None) -> Tensor:
         """The latent prior's schedule (``sigma_max`` in latent units)."""
         return self.latent_prior.sigmas(steps, sigma_max)
@@ -376,7 +380,3 @@ class LatentPrior(Prior):
     def from_folder(cls, path: str | Path) -> "LatentPrior":
         """Load ``config.json`` + ``model.safetensors`` written by :meth:`save`."""
         return cls.from_config(*read_folder(path, "a latent prior folder"))
-
-
-# ---------------------------------------------------------------------------------------------
-# diffusers latent models

@@ -45,7 +45,9 @@ def load_prior(name_or_path: str | Path, **options) -> Prior:
                 + ("'invdiff train-latent --data natural-gray --output DIR'" if key == "latent-gray"
                    else f"'invdiff train --data {key} --output DIR'") + " and pass DIR"
             )
-        return _from_folder(folder)
+        prior = _from_folder(folder)
+        prior.shipped = key
+        return prior
     path = Path(name_or_path).expanduser()
     if not path.exists():
         raise ValueError(

@@ -160,9 +160,10 @@ def test_model_units_is_the_exact_affine_map():
 
 def test_latent_dps_with_a_linear_autoencoder_is_pixel_dps():
     pixel, latent = gaussian_pair()
+    pixel.data_range = (0.0, 1.0)  # starts alike: 0.5 + sqrt(s^2 + 1/4) n is 1 + sqrt((2 s)^2 + 1) n on latents
     op, _, y = inpainting_problem()
     s = pixel.sigmas(30).double()
-    want = dps(pixel, op, y, s, zeta=0.5, generator=gen(7))
+    want = dps(pixel, op, y, s, zeta=0.5, clip_x0=False, generator=gen(7))
     got = latent_dps(latent, op, y, 2 * s, zeta=0.5, generator=gen(7))
     assert (want - y).abs().max() > 0.01  # a real restoration, not the measurement
     torch.testing.assert_close(got, want, rtol=0, atol=1e-9)

@@ -165,7 +165,7 @@ def test_methods_table():
         assert all(p.default is not inspect.Parameter.empty for p in params.values()
                    if p.kind is inspect.Parameter.KEYWORD_ONLY), name
     assert METHODS["ddrm"].knobs == {"eta": 0.85, "eta_b": 1.0, "nu_max": 1.0}
-    assert METHODS["repaint"].knobs == {"jump_length": 10, "jump_n_sample": 10}
+    assert METHODS["repaint"].knobs == {"jump_length": 10, "jump_n_sample": 10, "clip_x0": True}
 
 
 def test_gaussian_noise_model_is_sigma_y(prior, y):
@@ -182,7 +182,7 @@ def test_gaussian_noise_model_is_sigma_y(prior, y):
     [
         ("ddrm", 5, {}, 5),
         ("repaint", 6, {"jump_length": 2, "jump_n_sample": 3}, 14),  # 6 + 2 * (3 - 1) * |{0, 2}|
-        ("daps", 4, {"ode_steps": 2, "langevin_steps": 3}, 8),  # 4 levels x 2 ODE steps
+        ("daps", 4, {"ode_steps": 2, "langevin_steps": 3}, 7),  # 3 levels x 2 ODE steps, 1 at the last (< 0.005)
         ("score_ald", 4, {"steps_per_level": 2}, 9),  # 4 x 2 + the final denoise
     ],
 )
@@ -284,8 +284,13 @@ def test_sigma_max_starts_the_schedule_and_defaults_per_method(prior, y, monkeyp
     cb = lambda d: seen.append(float(d["sigma"]))  # noqa: E731
     restore(y, Identity(), prior, method="ddnm", steps=4, sigma_y=0.1, sigma_max=0.5, callback=cb)
     assert seen[0] == pytest.approx(0.5)
-    # None takes METHODS[m].sigma_max; a method without one starts at the prior's sigma_max
+    # None takes METHODS[m].sigma_max for a shipped prior, the prior's own start for any other;
+    # a method without one starts at the prior's sigma_max
     monkeypatch.setitem(METHODS, "ddnm", METHODS["ddnm"].__class__(**{**METHODS["ddnm"].__dict__, "sigma_max": 0.3}))
+    seen.clear()
+    restore(y, Identity(), prior, method="ddnm", steps=4, sigma_y=0.1, callback=cb)
+    assert seen[0] == pytest.approx(prior.sigma_max)  # not a shipped prior: never swept
+    monkeypatch.setattr(prior, "shipped", "natural-gray", raising=False)
     seen.clear()
     restore(y, Identity(), prior, method="ddnm", steps=4, sigma_y=0.1, callback=cb)
     assert seen[0] == pytest.approx(0.3)

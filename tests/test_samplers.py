@@ -71,6 +71,9 @@ class CountingPrior(Prior):
     def sigmas(self, steps, sigma_max=None):
         return self.inner.sigmas(steps, sigma_max)
 
+    def data_mean(self):
+        return self.inner.data_mean()
+
 
 class Squash(Operator):
     """A nonlinear operator ``x -> 2 tanh(x)``."""
@@ -256,9 +259,8 @@ def test_dps_is_the_reference_vp_algorithm():
     zeta = 0.7
     out = dps(prior, op, y, torch.tensor(LEVELS, dtype=F64), zeta=zeta, generator=gen(7))
     g = gen(7)
-    x = LEVELS[0] * randn((2, 1, 4, 4), g, like=y)
     y_m = 2 * y - op(torch.ones(1, 1, 4, 4, dtype=F64))
-    xt = math.sqrt(ab(LEVELS[0])) * (2 * x - 1)
+    xt = randn((2, 1, 4, 4), g, like=y)  # the reference's x_T ~ N(0, I), whatever the first level
     clipped = 0
     for sigma, sigma_next in zip(LEVELS[:-1], LEVELS[1:]):
         a, an = ab(sigma), ab(sigma_next)
@@ -293,16 +295,18 @@ def test_pigdm_is_the_reference_vp_algorithm(sigma_y, op_kind):
         pigdm, prior, op, y, torch.tensor(LEVELS, dtype=F64), sigma_y=sigma_y, eta=eta, cg_iters=200, generator=gen(4)
     )
     A = dense_matrix(op, shape)
-    # The start: A^T (A A^T + lam I)^-1 y + sigma_T n, the reference's A^+ y regularised as the
-    # guidance is at sigma_T (lam = sigma_y^2 / r_T^2, floored at 1e-6; A^+ y when that is negligible).
+    # The start, on [-1, 1]: x_T = sqrt(abar_T) A^+ y_m + sqrt(1 - abar_T) n (RED-diff's pgdm), with A^+
+    # regularised as the guidance is at sigma_T (lam = sigma_y^2 / r_T^2 in data units, floored at
+    # 1e-6; A^+ when that is negligible).  A^+ y_m is 0 on the null space: the data's middle there.
     g = gen(4)
     r2_T = LEVELS[0] ** 2 / (1 + 4 * LEVELS[0] ** 2)
     lam0 = max(sigma_y**2 / r2_T, 1e-6)
     ridge = A.T @ torch.linalg.inv(A @ A.T + lam0 * torch.eye(A.shape[0], dtype=F64))
-    start = (y.reshape(2, -1) @ ridge.mT).reshape(2, *shape) + LEVELS[0] * randn((2, *shape), g, like=y)
-    torch.testing.assert_close(x_T, start, rtol=0, atol=1e-8)
     y_m = 2 * y - op(torch.ones(1, *shape, dtype=F64))
-    xt = math.sqrt(ab(LEVELS[0])) * (2 * x_T - 1)
+    a_T = ab(LEVELS[0])
+    xt = (math.sqrt(a_T) * (y_m.reshape(2, -1) @ ridge.mT).reshape(2, *shape)
+          + math.sqrt(1 - a_T) * randn((2, *shape), g, like=y))
+    torch.testing.assert_close(math.sqrt(a_T) * (2 * x_T - 1), xt, rtol=0, atol=1e-8)
     for sigma, sigma_next in zip(LEVELS[:-1], LEVELS[1:]):
         a, an = ab(sigma), ab(sigma_next)
         c1 = eta * math.sqrt((1 - a / an) * (1 - an) / (1 - a))
@@ -326,22 +330,38 @@ def test_diffpir_is_the_reference_algorithm(op_kind):
     # argmin ||y - A x||^2 + rho ||x - x0_p||^2 with rho = lambda sigma_n^2 / sigma_bar^2, sigma_n = max(sigma_y, 0.001)
     # in [0, 1] units and sigma_bar = sqrt(1 - abar) / sqrt(abar) on [-1, 1]; then
     # x_{t-1} = sqrt(abar') x0 + sqrt(1 - abar') (sqrt(1 - zeta) eps + sqrt(zeta) z); the last step returns x0.
+    # x0 from the model is clipped to [-1, 1] (p_sample(clip_denoised=True)).
     shape = (1, 4, 4)
     op = Downsampling(2) if op_kind == "svd" else Blur(gaussian_kernel(0.8, 3, dtype=F64), padding="reflect")
+    wide = GaussianPrior.smooth(shape, variance=0.3, data_range=(0.0, 1.0))  # x0_hat leaves [0, 1]: clipped
+    clipped = 0
     for sigma_y in [0.0, 0.05]:
-        prior, _, y = problem(op, shape=shape, batch=2, sigma_y=sigma_y)
+        prior, _, y = problem(op, shape=shape, batch=2, sigma_y=sigma_y, prior=wide)
         lam, zeta = 7.0, 0.3
         out, x_T = capture_x_T(
             diffpir, prior, op, y, torch.tensor(LEVELS, dtype=F64), sigma_y=sigma_y, cg_iters=200, generator=gen(2)
         )
-        g = gen(2)
-        torch.testing.assert_close(x_T, LEVELS[0] * randn((2, *shape), g, like=y))
         A = dense_matrix(op, shape)
+        # Start (the reference's inpainting / deblurring scripts): y on [-1, 1] as an image, noised from its own
+        # level t_y to t_T: sqrt(abar_T / abar_y) y_img + sqrt(1 - abar_T - abar_T / abar_y (1 - abar_y)) z.
+        # y_img for any linear A: the ridge pseudo-inverse of y_m (0, the middle, where nothing is measured;
+        # lam = sigma_y^2 / r_T^2 in data units, at least 1e-6).  Documented deviation: y is not rescaled by
+        # 1 / sqrt(abar_y) (the reference reads y as the VP iterate at its own level).
+        g = gen(2)
+        a_T, a_y = ab(LEVELS[0]), ab(sigma_y)
+        lam0 = max(sigma_y**2 * (1 + 4 * LEVELS[0] ** 2) / LEVELS[0] ** 2, 1e-6)
+        ridge = A.T @ torch.linalg.inv(A @ A.T + lam0 * torch.eye(A.shape[0], dtype=F64))
+        y_img = ((2 * y - op(torch.ones(1, *shape, dtype=F64))).reshape(2, -1) @ ridge.mT).reshape(2, *shape)
+        xt = (math.sqrt(a_T) * y_img
+              + math.sqrt(1 - a_T - a_T / a_y * (1 - a_y)) * randn((2, *shape), g, like=y))
+        tol = 1e-10 if op_kind == "svd" else 1e-5
+        torch.testing.assert_close(math.sqrt(a_T) * (2 * x_T - 1), xt, rtol=0, atol=tol)
         sigma_n = max(sigma_y, 0.001)
-        xt = math.sqrt(ab(LEVELS[0])) * (2 * x_T - 1)
         for sigma, sigma_next in zip(LEVELS[:-1], LEVELS[1:]):
             a, an = ab(sigma), ab(sigma_next)
-            x0 = x0_model(prior, xt, sigma)
+            x0_raw = x0_model(prior, xt, sigma)
+            clipped += int((x0_raw.abs() > 1).sum())
+            x0 = x0_raw.clamp(-1, 1)
             if sigma_next == 0:
                 xt = x0
                 break
@@ -355,6 +375,7 @@ def test_diffpir_is_the_reference_algorithm(op_kind):
             xt = math.sqrt(an) * x0 + math.sqrt(1 - an) * (math.sqrt(1 - zeta) * eps + math.sqrt(zeta) * z)
         # Exact through the SVD; conjugate gradients stop at a relative residual of 1e-6.
         torch.testing.assert_close(out, (xt + 1) / 2, rtol=0, atol=1e-8 if op_kind == "svd" else 1e-5)
+    assert clipped > 0  # the clipping path was exercised
     assert SIGMA_Y_FLOOR == 0.001
 
 
@@ -378,13 +399,14 @@ def test_ddrm_is_the_reference_algorithm(sigma_y):
                            eta_b=eta_b, generator=gen(5))
     g = gen(5)
     w, s, m, s0 = _ref_spectral(y, op, sigma_y)
-    # Start: p(x_T | y) in data units: y_bar + sqrt(sigma_T^2 - sigma_y^2 / s^2) z where s sigma_T > sigma_y.
+    # Start, on [-1, 1] in VE form: p(x_T | y) = w / s + sqrt(sigma_m^2 - s0^2 / s^2) z where s sigma_m > s0,
+    # and 0 + sigma_m z on the unmeasured components (the reference's init_y), then to VP.
     z0 = randn((2, 16), g, like=y)
-    y_bar = op.Ut(y) / s
-    top_up = (LEVELS[0] ** 2 - (sigma_y / s) ** 2).clamp_min(0).sqrt()
-    head = torch.where(s * LEVELS[0] > sigma_y, y_bar + top_up * z0[:, :m], LEVELS[0] * z0[:, :m])
-    torch.testing.assert_close(op.Vt(x_T), torch.cat([head, LEVELS[0] * z0[:, m:]], 1), rtol=0, atol=1e-12)
-    xt = math.sqrt(ab(LEVELS[0])) * (2 * x_T - 1)
+    sm = 2 * LEVELS[0]
+    top_up = (sm**2 - (s0 / s) ** 2).clamp_min(0).sqrt()
+    head = torch.where(s * sm > s0, w / s + top_up * z0[:, :m], sm * z0[:, :m])
+    xt = math.sqrt(ab(LEVELS[0])) * op.V(torch.cat([head, sm * z0[:, m:]], 1))
+    torch.testing.assert_close(math.sqrt(ab(LEVELS[0])) * (2 * x_T - 1), xt, rtol=0, atol=1e-12)
     for sigma, sigma_next in zip(LEVELS[:-1], LEVELS[1:]):
         a, an = ab(sigma), ab(sigma_next)
         x0 = x0_model(prior, xt, sigma)
@@ -411,14 +433,14 @@ def test_ddnm_is_the_reference_algorithm(sigma_y):
     #   sigma_t > a sigma_0 / s: lambda = 1, d1 = sqrt(sigma_t^2 - a^2 sigma_0^2 / s^2), d2 = 0.
     shape = (1, 4, 4)
     op = Downsampling(2)
-    prior, _, y = problem(op, shape=shape, batch=2, sigma_y=sigma_y)
+    prior, _, y = problem(op, shape=shape, batch=2, sigma_y=sigma_y, prior=smooth_prior(shape, data_range=(0.0, 1.0)))
     eta = 0.85
     out, x_T = capture_x_T(ddnm, prior, op, y, torch.tensor(LEVELS, dtype=F64), sigma_y=sigma_y, eta=eta,
                            generator=gen(6))
     g = gen(6)
-    torch.testing.assert_close(x_T, LEVELS[0] * randn((2, *shape), g, like=y))
+    xt = randn((2, *shape), g, like=y)  # the reference's x_T ~ N(0, I)
+    torch.testing.assert_close(math.sqrt(ab(LEVELS[0])) * (2 * x_T - 1), xt, rtol=0, atol=1e-12)
     w, s, m, s0 = _ref_spectral(y, op, sigma_y)
-    xt = math.sqrt(ab(LEVELS[0])) * (2 * x_T - 1)
     for sigma, sigma_next in zip(LEVELS[:-1], LEVELS[1:]):
         a, an = ab(sigma), ab(sigma_next)
         x0 = x0_model(prior, xt, sigma)

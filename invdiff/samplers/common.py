@@ -24,6 +24,8 @@ from ..operators.noise import Gaussian
 from ..priors import Prior
 
 __all__ = [
+    "HALF",
+    "accumulation_dtype",
     "randn",
     "bdot",
     "per_sample_norm",
@@ -35,6 +37,10 @@ __all__ = [
     "require_linear",
     "emit",
     "vp_alpha_bar",
+    "start_mean",
+    "start_std",
+    "initial_x",
+    "initial_latent",
     "ancestral_sigmas",
     "ancestral_step",
     "denoise_vjp",
@@ -49,28 +55,50 @@ __all__ = [
 # -- small helpers -------------------------------------------------------------------------------
 
 
+#: the half-precision floating dtypes: their sums, norms and solves run in float32 (``accumulation_dtype``)
+HALF = (torch.float16, torch.bfloat16)
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype that sums, norms, draws and linear solves run in for data of ``dtype``.
+
+    float32 for float16 and bfloat16 (a sum of squares over a 3x128x128 image overflows
+    float16's 65504, and bfloat16 keeps 8 significant bits), ``dtype`` itself otherwise.
+    """
+    return torch.float32 if dtype in HALF else dtype
+
+
 def randn(shape: Sequence[int], generator: torch.Generator | None = None, *, like: Tensor) -> Tensor:
     """Standard normal draws of ``shape`` on ``like``'s device and dtype, from ``generator`` only.
 
     The draw happens on the generator's device (so a CPU generator serves a GPU
     sampler) and is then moved; without a generator it happens on ``like``'s device.
+    For half-precision ``like`` the draw is made in float32 and rounded, so a seed
+    gives the same noise in float32, bfloat16 and float16 (torch's own half draws
+    take another path and differ).
     """
     device = generator.device if generator is not None else like.device
-    z = torch.randn(tuple(shape), generator=generator, device=device, dtype=like.dtype)
-    return z.to(like.device)
+    z = torch.randn(tuple(shape), generator=generator, device=device, dtype=accumulation_dtype(like.dtype))
+    return z.to(device=like.device, dtype=like.dtype)
 
 
 def bdot(a: Tensor, b: Tensor) -> Tensor:
-    """Per-sample inner product ``<a_b, b_b>`` over all but the batch dimension: ``(B,)``."""
-    return (a * b).flatten(1).sum(1)
+    """Per-sample inner product ``<a_b, b_b>`` over all but the batch dimension: ``(B,)``.
+
+    Accumulated, and returned, in ``accumulation_dtype`` of the inputs: float32 for
+    half-precision inputs (``col`` casts it back where it scales a half tensor).
+    """
+    work = accumulation_dtype(torch.promote_types(a.dtype, b.dtype))
+    return (a.to(work) * b.to(work)).flatten(1).sum(1)
 
 
 def per_sample_norm(x: Tensor) -> Tensor:
     """Per-sample Euclidean norm ``||x_b||`` over all but the batch dimension: ``(B,)``.
 
-    Its gradient at ``x_b = 0`` is 0 (not NaN).
+    Its gradient at ``x_b = 0`` is 0 (not NaN).  Accumulated, and returned, in
+    ``accumulation_dtype(x.dtype)``: float32 for half-precision ``x``.
     """
-    return torch.linalg.vector_norm(x.flatten(1), dim=1)
+    return torch.linalg.vector_norm(x.flatten(1).to(accumulation_dtype(x.dtype)), dim=1)
 
 
 def col(v: Tensor | float, like: Tensor) -> Tensor | float:
@@ -153,6 +181,73 @@ def emit(
 def vp_alpha_bar(sigma: float) -> float:
     """DDPM ``abar`` of data-space level ``sigma``: ``1 / (1 + (2 sigma)^2)`` (DESIGN.md, ``sigma_m = 2 sigma``)."""
     return 1.0 / (1.0 + 4.0 * sigma**2)
+
+
+# -- the start of the chain -------------------------------------------------------------------------
+
+
+def _bounded(prior: Prior) -> tuple[float, float] | None:
+    lo, hi = (float(v) for v in prior.data_range)
+    return (lo, hi) if math.isfinite(lo) and math.isfinite(hi) else None
+
+
+def start_mean(prior: Prior, shape: Sequence[int], *, like: Tensor) -> Tensor:
+    """The centre of a chain's start ``x_T``, ``shape`` ``(B, C, H, W)`` on ``like``'s device and dtype.
+
+    The references draw ``x_T ~ N(0, I)`` on ``[-1, 1]`` images: the middle of the data's
+    range, ``(lo + hi) / 2`` for a prior with a finite ``data_range`` (0.5 for images in
+    ``[0, 1]``).  An unbounded prior starts at its ``data_mean()`` where it knows one
+    (the analytic priors), else at 0.
+    """
+    bounds = _bounded(prior)
+    if bounds is not None:
+        return torch.full(tuple(shape), 0.5 * (bounds[0] + bounds[1]), dtype=like.dtype, device=like.device)
+    mean = prior.data_mean() if callable(getattr(prior, "data_mean", None)) else None
+    if mean is None:
+        return torch.zeros(tuple(shape), dtype=like.dtype, device=like.device)
+    return mean.to(device=like.device, dtype=like.dtype).expand(tuple(shape)).clone()
+
+
+def start_std(prior: Prior, sigma: float, *, vp: bool = True) -> float:
+    """The spread of a chain's start at level ``sigma``: ``sqrt(sigma^2 + ((hi - lo) / 2)^2)``.
+
+    That is the references' ``x_T ~ N(0, I)`` in VP units (``x_t = sqrt(abar) x0_m +
+    sqrt(1 - abar) eps`` on ``[-1, 1]``) read in data units: ``x = 1/2 + x_T / (2 sqrt(abar))``
+    with ``1 / abar = 1 + 4 sigma^2``, exact at every start level, truncated or not.  For a
+    reference in VE form (``x_T = sigma_T n``: DAPS, EDM-style Langevin) pass ``vp=False``:
+    ``sigma`` alone.  Unbounded priors: ``sigma``.
+    """
+    bounds = _bounded(prior)
+    if bounds is None or not vp:
+        return float(sigma)
+    return math.sqrt(float(sigma) ** 2 + (0.5 * (bounds[1] - bounds[0])) ** 2)
+
+
+def initial_x(
+    prior: Prior, shape: Sequence[int], sigma: float, generator: torch.Generator | None, *, like: Tensor,
+    vp: bool = True,
+) -> Tensor:
+    """``x_T = start_mean + start_std(sigma) * n``, ``n`` one standard normal draw of ``shape`` from ``generator``.
+
+    In VP units on ``[-1, 1]`` this is exactly the references' ``x_T = n`` (same draw),
+    so a transcription of a reference that shares the generator starts where the
+    sampler starts.
+    """
+    return start_mean(prior, shape, like=like) + start_std(prior, sigma, vp=vp) * randn(shape, generator, like=like)
+
+
+def initial_latent(
+    prior: Prior, shape: Sequence[int], sigma: float, generator: torch.Generator | None, *, like: Tensor
+) -> Tensor:
+    """A latent chain's start ``z_T = m + sqrt(sigma^2 + 1) n``: the references' ``z_T ~ N(0, I)`` in VP units.
+
+    Latents are the network's own units (``abar = 1 / (1 + sigma^2)``, no range map), so the
+    VP draw ``n`` reads ``n / sqrt(abar)`` in VE form.  ``m`` is the latent denoiser's
+    ``data_mean()`` where it knows one (analytic latent priors), else 0.
+    """
+    mean = prior.data_mean() if callable(getattr(prior, "data_mean", None)) else None
+    z = math.sqrt(float(sigma) ** 2 + 1.0) * randn(shape, generator, like=like)
+    return z if mean is None else z + mean.to(device=like.device, dtype=like.dtype)
 
 
 # -- the reverse step ------------------------------------------------------------------------------
@@ -286,18 +381,24 @@ def spectral_measurement(
     (``nu = inf`` where ``s_i = 0``), the boolean mask ``s_i > 0``, and the
     dimensions ``M`` of the measurement and ``N`` of the image.  With ``nu_max``,
     components measured more noisily than that (``nu_i > nu_max``, i.e.
-    ``s_i < sigma_y / nu_max``) count as unmeasured too.
+    ``s_i < sigma_y / nu_max``) count as unmeasured too.  ``y_bar`` and ``nu`` come in
+    ``y``'s dtype, divided in float32 for half precision, where a component whose
+    ``y_bar`` overflows (``s_i`` below about ``|w_i| / 65504`` in float16) counts as unmeasured.
     """
     if nu_max is not None and not nu_max > 0:
         raise ValueError(f"nu_max must be positive or None, got {nu_max}")
     w = op.Ut(y)  # (B, M)
-    s = op._s(w)
+    work = accumulation_dtype(w.dtype)
+    s = op._s(w).to(work)
     measured = s > 0
     if nu_max is not None:
         measured = measured & (s * nu_max >= sigma_y)
     s_safe = torch.where(measured, s, torch.ones_like(s))
-    y_bar = torch.where(measured, w / s_safe, torch.zeros_like(w))
-    nu = torch.where(measured, sigma_y / s_safe, torch.full_like(s, float("inf")))
+    y_bar = (w.to(work) / s_safe).to(w.dtype)
+    if w.dtype in HALF:  # a component whose y_bar overflows the data's dtype counts as unmeasured
+        measured = measured & torch.isfinite(y_bar)
+    y_bar = torch.where(measured, y_bar, torch.zeros_like(y_bar))
+    nu = torch.where(measured, sigma_y / s_safe, torch.full_like(s, float("inf"))).to(w.dtype)
     return y_bar, nu, measured, w.shape[1], op.n_in(y)
 
 def conjugate_gradient(
@@ -313,7 +414,15 @@ def conjugate_gradient(
     ``apply(v) = M v`` acts on batches shaped like ``b`` (images or measurements);
     step sizes are per-sample scalars, and a sample stops updating once
     ``||r_b|| <= tol * ||b_b||``.  Hestenes-Stiefel CG (Nocedal & Wright, Alg. 5.2).
+    For half-precision ``b`` the whole iteration runs in float32 (``apply`` sees
+    float32 vectors: ``r^T r`` of a 3x128x128 image overflows float16) and the
+    solution is returned in ``b``'s dtype.
     """
+    dtype, work = b.dtype, accumulation_dtype(b.dtype)
+    if work != dtype:
+        x = conjugate_gradient(lambda v: apply(v).to(work), b.to(work), None if x0 is None else x0.to(work),
+                               iters=iters, tol=tol)  # fmt: skip
+        return x.to(dtype)
     x = torch.zeros_like(b) if x0 is None else x0.clone()
     r = b - apply(x) if x0 is not None else b.clone()
     p = r.clone()
@@ -347,18 +456,24 @@ def ridge_adjoint_solve(
     measurement space (``cg_iters`` iterations), then ``A^T u``.  Returns an image.
     Used by PiGDM's guidance and DiffPIR's data step, both of the form
     ``x + A^T (A A^T + lam I)^-1 (y - A x)``.
+
+    Half-precision ``v``: the gains ``s / (s^2 + lam)`` are formed in float32 (``lam``
+    may exceed float16's 65504) and applied in ``v``'s dtype between ``U^T`` and ``V``;
+    conjugate gradients and ``A^T u`` run in float32.  The image comes back in ``v``'s dtype.
     """
+    work = accumulation_dtype(v.dtype)
     if getattr(op, "has_svd", False):
         w = op.Ut(v)  # (B, M)
-        s = op._s(w)
-        lam_c = col(lam, w)
+        s = op._s(w).to(work)
+        lam_c = col(lam.to(work) if isinstance(lam, Tensor) else lam, s)
         den = s**2 + lam_c
         keep = (s != 0) & (den > 0)
         coef = torch.where(keep, s / torch.where(keep, den, torch.ones_like(den)), torch.zeros_like(s))
-        return op.V(op._pad(coef * w, op.n_in(v)))
-    lam_c = col(lam, v)
-    u = conjugate_gradient(lambda q: op(op.adjoint(q)) + lam_c * q, v, iters=cg_iters, tol=tol)
-    return op.adjoint(u)
+        return op.V(op._pad((coef * w.to(work)).to(v.dtype), op.n_in(v)))
+    v_w = v.to(work)
+    lam_c = col(lam.to(work) if isinstance(lam, Tensor) else lam, v_w)
+    u = conjugate_gradient(lambda q: op(op.adjoint(q)) + lam_c * q, v_w, iters=cg_iters, tol=tol)
+    return op.adjoint(u).to(v.dtype)
 
 
 def operator_norm(op: Operator, x: Tensor, *, iters: int = 20) -> Tensor:
@@ -366,10 +481,14 @@ def operator_norm(op: Operator, x: Tensor, *, iters: int = 20) -> Tensor:
 
     Exact from the singulars for SVD operators; otherwise ``iters`` power
     iterations on ``A^T A`` (``J^T J`` at ``x`` through autograd), started from a
-    fixed vector, which approach the norm from below.
+    fixed vector, which approach the norm from below.  Returned in
+    ``accumulation_dtype(x.dtype)``; for half-precision ``x`` the power iterations run
+    in float32 (``||A v||^2`` of a large image overflows float16).
     """
+    work = accumulation_dtype(x.dtype)
     if getattr(op, "has_svd", False):
-        return op._s(op.Vt(x)).abs().amax(dim=1)
+        return op._s(op.Vt(x)).abs().amax(dim=1).to(work)
+    x = x.to(work)
     # A fixed, generic start vector (independent of any sampler's generator).
     gen = torch.Generator().manual_seed(0)
     v = torch.randn(x.shape, generator=gen, dtype=x.dtype).to(x.device)

@@ -8,8 +8,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from ..priors.base import karras_sigmas
-from .common import ancestral_step, check_sigma_y, check_sigmas, emit, linearize, randn
+from .common import ancestral_step, check_sigma_y, check_sigmas, emit, initial_x, linearize, randn
 
 if TYPE_CHECKING:
     from ..operators import Operator
@@ -37,6 +36,7 @@ def daps(
     sigma_y: float = 0.0,
     noise: Any | None = None,
     ode_steps: int = 5,
+    ode_sigma_min: float = 0.005,
     langevin_steps: int = 100,
     lr: float = 2.5e-5,
     tau: float = 0.0035355,
@@ -48,9 +48,11 @@ def daps(
 
     At each annealing level ``sigma_t`` of ``sigmas``:
 
-    1. ``x0_hat``: the probability-flow ODE from ``x_t`` at ``sigma_t`` down to 0, Euler
-       steps on a rho = 7 schedule from ``sigma_t`` to ``prior.sigma_min`` then 0
-       (``ode_steps`` denoiser calls; ``ode_steps=1`` is ``D(x_t, sigma_t)``);
+    1. ``x0_hat``: the probability-flow ODE from ``x_t`` at ``sigma_t`` down to ``ode_sigma_min``,
+       ``ode_steps`` Euler steps on a rho = 7 schedule (``ode_steps`` denoiser calls), and the
+       iterate there, still carrying noise of std ``ode_sigma_min``, as the reference returns
+       (``DiffusionPFODE``: ``sigma_min`` 0.01 on [-1, 1], so 0.005 here); at a level at or below
+       ``ode_sigma_min`` it is ``D(x_t, sigma_t)``;
     2. ``langevin_steps`` Langevin steps on ``x0`` targeting
        ``p(x0 | x_t, y) ~ N(x0; x0_hat, r_t^2 I) p(y | x0)`` with ``r_t = sigma_t``, starting at
        ``x0_hat``, step ``eta = min(lr * (1 - (1 - lr_min_ratio) i / len(sigmas)), r_t^2)`` at level ``i``:
@@ -88,27 +90,32 @@ def daps(
         sigmas: descending annealing levels, ``steps + 1`` values ending in 0.
         sigma_y: measurement noise std (data units).
         noise: a noise model with ``nll(y, ax)`` and ``grad(y, ax)``, used instead of ``sigma_y``.
+        ode_steps, ode_sigma_min: Euler steps of the inner PF-ODE and the level it stops at (data units;
+            0 integrates to ``D`` at the last step).
         generator: the only source of randomness.
         callback: called once per level with ``{"i", "sigma", "sigma_next", "x", "x0_hat"}``
             (``x0_hat`` the ODE estimate, ``x`` the next level's sample).
 
     Returns:
-        x ``(B, C, H, W)``.  Denoiser calls: ``ode_steps * (len(sigmas) - 1)`` (the Langevin steps
-        call only the operator).
+        x ``(B, C, H, W)``.  Denoiser calls: ``ode_steps`` per level above ``ode_sigma_min`` and one per
+        level at or below it (the Langevin steps call only the operator).
     """
     if ode_steps < 1 or langevin_steps < 0:
         raise ValueError(f"ode_steps must be >= 1 and langevin_steps >= 0, got {ode_steps}, {langevin_steps}")
+    if not ode_sigma_min >= 0:
+        raise ValueError(f"ode_sigma_min must be >= 0, got {ode_sigma_min}")
     s = check_sigmas(sigmas)
     sigma_y = check_sigma_y(sigma_y)
     x_shape = op.x_shape(y)
     steps = len(s) - 1
     data_grad = _data_grad(op, y, sigma_y, noise, tau)
 
-    x = s[0] * randn(x_shape, generator, like=y)
+    # The reference's x_T = sigma_max n on [-1, 1] (EDM, VE): centred on the data's middle.
+    x = initial_x(prior, x_shape, s[0], generator, like=y, vp=False)
     for i in range(steps):
         sigma, sigma_next = s[i], s[i + 1]
         # 1. Reverse diffusion: x0_hat(x_t) by the probability-flow ODE.
-        x0_hat = _pf_ode(prior, x, sigma, ode_steps)
+        x0_hat = _pf_ode(prior, x, sigma, ode_steps, ode_sigma_min)
         # 2. Langevin dynamics on p(x0 | x_t, y), step size decaying linearly over the levels
         #    and kept within the prior term's stability bound 2 r_t^2 (halved).
         eta = min(lr * (1.0 - (1.0 - lr_min_ratio) * i / (steps + 1)), sigma**2)
@@ -122,10 +129,14 @@ def daps(
     return x
 
 
-def _pf_ode(prior: Prior, x: Tensor, sigma: float, steps: int) -> Tensor:
-    """Euler solve of the probability-flow ODE ``dx/dsigma = (x - D(x, sigma)) / sigma`` from ``sigma`` to 0."""
-    nodes = karras_sigmas(steps, min(prior.sigma_min, sigma), sigma).tolist()
-    nodes[0] = sigma
+def _pf_ode(prior: Prior, x: Tensor, sigma: float, steps: int, sigma_end: float) -> Tensor:
+    """``steps`` Euler steps of the probability-flow ODE ``dx/dsigma = (x - D(x, sigma)) / sigma`` from
+    ``sigma`` to ``sigma_end`` on EDM's rho = 7 nodes; ``D(x, sigma)`` when ``sigma <= sigma_end``."""
+    if sigma <= sigma_end:
+        return prior.denoise(x, sigma)
+    ramp = torch.linspace(0, 1, steps + 1, dtype=torch.float64)
+    nodes = ((sigma ** (1 / 7) + ramp * (sigma_end ** (1 / 7) - sigma ** (1 / 7))) ** 7).tolist()
+    nodes[0], nodes[-1] = sigma, sigma_end
     for sigma_cur, sigma_next in zip(nodes[:-1], nodes[1:]):
         x0_hat = prior.denoise(x, sigma_cur)
         # An Euler step of the PF-ODE is the deterministic DDIM step (eta = 0).

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ..operators import Operator
 from ..priors import Prior
-from .common import check_sigma_y, check_sigmas, emit, randn, require_svd, spectral_measurement
+from .common import check_sigma_y, check_sigmas, emit, initial_x, randn, require_svd, spectral_measurement
 from .repaint import jump_schedule
 
 
@@ -90,7 +90,7 @@ def ddnm(
     y_bar, nu, measured, m, n = spectral_measurement(op, y, sigma_y, nu_max)
     noisy = measured if sigma_y > 0 else torch.zeros_like(measured)
 
-    x = s_list[0] * randn(op.x_shape(y), generator, like=y_bar)
+    x = initial_x(prior, op.x_shape(y), s_list[0], generator, like=y_bar)  # the reference's x_T ~ N(0, I) in VP units
     c_eps = (1 - eta**2) ** 0.5
     path = jump_schedule(len(s_list) - 1, travel_length, travel_repeat)
     x0_hat, n_calls = None, 0

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ..operators import Operator
 from ..priors import Prior
-from .common import check_sigma_y, check_sigmas, emit, randn, require_svd, spectral_measurement
+from .common import check_sigma_y, check_sigmas, emit, randn, require_svd, spectral_measurement, start_mean
 
 
 def ddrm(
@@ -86,12 +86,14 @@ def ddrm(
     # Spectral quantities: y_bar = Sigma^+ U^T y and the noise level nu_i = sigma_y / s_i of each component.
     y_bar, nu, measured, m, n = spectral_measurement(op, y, sigma_y, nu_max)
 
-    # Initialise from p(x_T | y) (the reference's spectral initialisation).
+    # Initialise from p(x_T | y) (the reference's spectral initialisation); components the
+    # measurement does not reach start at the data's middle, the reference's 0 on [-1, 1].
     sigma_T = s_list[0]
     z = randn((y.shape[0], n), generator, like=y_bar)
+    mid_bar = op.Vt(start_mean(prior, op.x_shape(y), like=y))
     top_up = (sigma_T**2 - nu.clamp(max=sigma_T) ** 2).sqrt()
-    head = torch.where(nu < sigma_T, y_bar + top_up * z[:, :m], sigma_T * z[:, :m])
-    x = op.V(torch.cat([head, sigma_T * z[:, m:]], dim=1))
+    head = torch.where(nu < sigma_T, y_bar + top_up * z[:, :m], mid_bar[:, :m] + sigma_T * z[:, :m])
+    x = op.V(torch.cat([head, mid_bar[:, m:] + sigma_T * z[:, m:]], dim=1))
 
     c_eps = (1 - eta**2) ** 0.5
     for i, (sigma, sigma_next) in enumerate(zip(s_list[:-1], s_list[1:])):

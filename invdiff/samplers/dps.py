@@ -18,8 +18,8 @@ from .common import (
     denoise_vjp,
     emit,
     gaussian_noise_as_sigma_y,
+    initial_x,
     per_sample_norm,
-    randn,
     vp_alpha_bar,
 )
 
@@ -91,6 +91,12 @@ def dps(
     ``A`` the ``[-1, 1]`` and data-space norms differ by more than a constant, so
     ``zeta`` is then only approximately the reference's.
 
+    Variance of the ancestral step: the DDPM posterior's fixed ``beta_tilde`` (``eta = 1``).
+    The reference's FFHQ and ImageNet models learn theirs (``learn_sigma: True``,
+    ``model_var_type: learned_range``); a prior here exposes only ``denoise``, so that
+    interpolation is not available, and the reference-parity test applies the fixed
+    variance to its transcription.
+
     Likelihood: without ``noise`` or with ``Gaussian(s)`` (including ``sigma_y = 0``) the
     gradient is that of ``||y - A(x0_hat)||``, which does not depend on
     ``sigma_y`` (the step is normalised).  With a noise model ``noise`` (e.g.
@@ -134,7 +140,7 @@ def dps(
         u = g / per_sample_norm(g).clamp_min(torch.finfo(g.dtype).tiny).reshape(-1, *([1] * (g.dim() - 1)))
         return bdot(u, ax)  # its x-gradient is J^T g / ||g||
 
-    x = s_list[0] * randn(op.x_shape(y), generator, like=y)
+    x = initial_x(prior, op.x_shape(y), s_list[0], generator, like=y)  # the reference's x_T ~ N(0, I) in VP units
     for i, (sigma, sigma_next) in enumerate(zip(s_list[:-1], s_list[1:])):
         x0_hat, grad, _ = denoise_vjp(prior, x, sigma, loss_fn)
         if clip_x0:

@@ -24,7 +24,7 @@ from .common import (
     emit,
     gaussian_noise_as_sigma_y,
     per_sample_norm,
-    randn,
+    initial_latent,
 )
 
 
@@ -122,7 +122,7 @@ def latent_dps(
         decoded[:] = [x0.detach()]
         return measure(x0)
 
-    z = s_list[0] * randn(prior.latent_shape(op.x_shape(y)), generator, like=y)
+    z = initial_latent(prior, prior.latent_shape(op.x_shape(y)), s_list[0], generator, like=y)  # z_T ~ N(0, I), VP
     for i, (sigma, sigma_next) in enumerate(zip(s_list[:-1], s_list[1:])):
         z0_hat, grad, _ = denoise_vjp(prior, z, sigma, loss_fn)
         # Unconditional DDPM step in latent space, then the measurement gradient step.

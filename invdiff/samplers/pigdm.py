@@ -19,6 +19,7 @@ from .common import (
     randn,
     require_linear,
     ridge_adjoint_solve,
+    start_mean,
 )
 
 
@@ -61,7 +62,8 @@ def pigdm(
     ``sigma_y -> 0``.  (Tweedie's formula would add ``sigma^2 g``: PiGDM's
     guidance is ``abar = 1 / (1 + 4 sigma^2)`` times that.)
 
-    The chain starts at ``A^+ y + sigma_max n`` (the reference's initialisation).
+    The chain starts at ``m + A^+ (y - A m) + sigma_max n`` with ``m`` the middle of the
+    data's range (the reference's ``A^+ y_m`` on ``[-1, 1]``, which is 0 on the null space).
     The inverse is exact through the SVD when ``op`` has one (zero singulars
     allowed, also with ``sigma_y = 0``), and ``cg_iters`` conjugate-gradient
     iterations on ``op(op.adjoint(.))`` otherwise.
@@ -72,7 +74,8 @@ def pigdm(
         y: measurement, batch ``B``.
         sigmas: descending levels, ``steps + 1`` values ending in 0 (paper: 100 steps).
         sigma_y: std of the Gaussian noise in ``y`` (data units).
-        eta: DDIM ``eta``, 1.0 as in the paper.
+        eta: DDIM ``eta``, 1.0: what the reference's run scripts pass (RED-diff
+            ``sample_test.sh`` / ``sample_batch.sh``: ``algo.eta=1.0``, over ``pgdm.yaml``'s 0.0).
         cg_iters: conjugate-gradient iterations for operators without an SVD.
         generator: the only source of randomness.
         callback: called after each step with ``{"i", "sigma", "sigma_next", "x", "x0_hat"}``.
@@ -90,7 +93,11 @@ def pigdm(
     # the noise by singulars near zero (a Gaussian blur's reach 1e-8) and starts the chain at 1e6.
     r2_first = float(s_list[0]) ** 2 / (1 + 4 * float(s_list[0]) ** 2)
     lam0 = max(sigma_y**2 / r2_first, 1e-6)
-    x = ridge_adjoint_solve(op, y, lam0, cg_iters=cg_iters) + s_list[0] * randn(op.x_shape(y), generator, like=y)
+    # On [-1, 1] the reference's A^+ y_m is 0 on the null space; in data units that is the middle of
+    # the range there: x_T = m + A^+ (y - A m) + sigma_T n with m = start_mean (0.5 for [0, 1] images).
+    mid = start_mean(prior, op.x_shape(y), like=y)
+    x = mid + ridge_adjoint_solve(op, y - op(mid), lam0, cg_iters=cg_iters)
+    x = x + s_list[0] * randn(op.x_shape(y), generator, like=y)
     for i, (sigma, sigma_next) in enumerate(zip(s_list[:-1], s_list[1:])):
         r2 = sigma**2 / (1 + 4 * sigma**2)
 

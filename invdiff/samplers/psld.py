@@ -17,7 +17,7 @@ from .common import (
     denoise_vjp,
     emit,
     per_sample_norm,
-    randn,
+    initial_latent,
     require_linear,
     ridge_adjoint_solve,
 )
@@ -92,7 +92,7 @@ def psld(
             loss = loss + gamma * per_sample_norm(prior.encode(x_glue) - z0)
         return loss
 
-    z = s_list[0] * randn(prior.latent_shape(op.x_shape(y)), generator, like=y)
+    z = initial_latent(prior, prior.latent_shape(op.x_shape(y)), s_list[0], generator, like=y)  # z_T ~ N(0, I), VP
     for i, (sigma, sigma_next) in enumerate(zip(s_list[:-1], s_list[1:])):
         z0_hat, grad, _ = denoise_vjp(prior, z, sigma, loss_fn)
         # DDIM step in latent space, then the measurement and gluing gradient step.

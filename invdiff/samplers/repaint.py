@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from .common import ancestral_step, check_sigma_y, check_sigmas, emit, randn
+from .common import ancestral_step, check_sigma_y, check_sigmas, emit, initial_x, randn
 
 if TYPE_CHECKING:
     from ..operators import Operator
@@ -88,6 +88,7 @@ def repaint(
     sigma_y: float = 0.0,
     jump_length: int = 10,
     jump_n_sample: int = 10,
+    clip_x0: bool = True,
     generator: torch.Generator | None = None,
     callback: Callable[[dict], None] | None = None,
 ) -> Tensor:
@@ -110,6 +111,8 @@ def repaint(
             is therefore ``y`` (exactly, with its noise).
         jump_length, jump_n_sample: resampling jump size ``j`` and number of visits ``r``
             (paper defaults 10 and 10; ``jump_n_sample=1`` is plain ancestral sampling).
+        clip_x0: clip ``x0_hat`` to ``prior.data_range`` before the step, as the reference
+            (``clip_denoised: true`` in all its configs); a no-op for unbounded priors.
         generator: the only source of randomness.
         callback: called after every reverse step with ``{"i", "sigma", "sigma_next", "x", "x0_hat"}``,
             ``i`` counting reverse steps.
@@ -123,14 +126,16 @@ def repaint(
     mask = inpainting_mask(op, y)
     path = jump_schedule(len(s) - 1, jump_length, jump_n_sample)
 
-    # Line 1: x_T = x0 + sigma_T n ~ sigma_T n at the largest level.
-    x = s[0] * randn(y.shape, generator, like=y)
+    # Line 1: x_T ~ N(0, I) in the reference's VP units on [-1, 1], i.e. centred on the data's middle.
+    x = initial_x(prior, y.shape, s[0], generator, like=y)
     n_reverse = 0
     for i, j in zip(path[:-1], path[1:]):
         sigma, sigma_next = s[i], s[j]
         if j > i:
             # Lines 4-8: known part from y, unknown part by one reverse (ancestral) step, then merge.
             x0_hat = prior.denoise(x, sigma)
+            if clip_x0:
+                x0_hat = prior.clip(x0_hat)
             x_unknown = ancestral_step(x, x0_hat, sigma, sigma_next, generator=generator)
             extra = max(sigma_next**2 - sigma_y**2, 0.0) ** 0.5
             x_known = y + extra * randn(y.shape, generator, like=y) if extra > 0 else y

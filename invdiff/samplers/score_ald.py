@@ -18,6 +18,7 @@ from .common import (
     linearize,
     nll_grad_and_curvature,
     operator_norm,
+    initial_x,
     randn,
 )
 
@@ -116,32 +117,36 @@ def score_ald(
     levels, sigma_last = s_list[:-1], s_list[-2]
     linear = getattr(op, "linear", False)
 
-    x = levels[0] * randn(op.x_shape(y), generator, like=y)
+    # Start centred on the data's middle with the first level's spread (VE, as every other start;
+    # the reference csgm-mri-langevin draws U[0, 1) on its normalised scans).
+    x = initial_x(prior, op.x_shape(y), levels[0], generator, like=y, vp=False)
     norm_a2 = operator_norm(op, x) ** 2 if linear else None
     for i, sigma in enumerate(levels):
         g2 = (sigma if gamma is None else gamma) ** 2
         if not linear:
             norm_a2 = operator_norm(op, x, iters=10) ** 2
         for _ in range(steps_per_level):
-            # Likelihood gradient w.r.t. A(x), annealed by gamma, and its curvature bound.
+            # Likelihood gradient w.r.t. A(x), weight * resid, annealed by gamma, and its curvature bound.
             ax, vjp = linearize(op, x)
             if noise is None:
-                resid = (y - ax) / (sigma_y**2 + g2)
-                curv = torch.full_like(norm_a2, 1.0 / (sigma_y**2 + g2))
+                resid, weight = y - ax, 1.0 / (sigma_y**2 + g2)
+                curv = torch.full_like(norm_a2, weight)
             else:
                 g, h = nll_grad_and_curvature(noise, y, ax)
                 w = 1.0 / (1.0 + g2 * h)  # N(ax, 1/h) widened by gamma^2
-                resid = -g * w
+                resid, weight = -g * w, 1.0
                 curv = (h * w).flatten(1).amax(1)
             # Step size, capped by the drift's Lipschitz bound L (per sample).
             alpha = STEP_CAP / (1.0 / sigma**2 + norm_a2 * curv)
             if lr is not None:
                 alpha = alpha.clamp(max=lr * sigma**2 / sigma_last**2)
-            # Langevin step on score + likelihood.
+            # Langevin step on score + likelihood: alpha (score + J^T resid weight), with alpha folded in first,
+            # (alpha / sigma^2) (x0_hat - x) + J^T (alpha weight resid): the score and the weighted residual
+            # alone overflow float16 at small sigma and gamma.
             x0_hat = prior.denoise(x, sigma)
-            score = (x0_hat - x) / sigma**2
             z = randn(x.shape, generator, like=x)
-            x = x + col(alpha, x) * (score + vjp(resid)) + col((2 * alpha).sqrt(), x) * z
+            drift = col(alpha / sigma**2, x) * (x0_hat - x) + vjp(col(alpha * weight, resid) * resid)
+            x = x + drift + col((2 * alpha).sqrt(), x) * z
         emit(callback, i, sigma, s_list[i + 1], x, x0_hat)
 
     # Final denoising at the last level (Tweedie).
