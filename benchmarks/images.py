@@ -36,7 +36,7 @@ from torch import Tensor
 from invdiff import METHODS, restore
 from invdiff.datasets import TEST_IMAGES, load_test_image
 from invdiff.metrics import lpips, lpips_available, psnr, ssim
-from invdiff.operators import Gaussian, Inpainting, Operator, Saturation, to_deepinv
+from invdiff.operators import Gaussian, Identity, Inpainting, Operator, Saturation, to_deepinv
 from invdiff.priors import Prior
 from invdiff.restore import check_method
 from invdiff.cli.tasks import build_operator
@@ -65,6 +65,7 @@ class TaskSpec:
     kind: str  # "inpaint" | "deblur" | "sr" | "nonlinear" (keys of baselines.REFERENCE)
     description: str
     build: Callable[[tuple[int, ...], int], Operator]  # (image shape, seed) -> operator
+    sigma_y: float = SIGMA_Y  # measurement noise std (data units)
 
 
 def _motion_size(shape: Sequence[int]) -> int:
@@ -92,6 +93,8 @@ TASKS: tuple[TaskSpec, ...] = (
     TaskSpec("sr4-box", "sr", "x4 super-resolution, box filter", _cli("sr", lambda s: {"scale": 4, "filter": "box"})),
     TaskSpec("sr4-bicubic", "sr", "x4 super-resolution, bicubic filter",
              _cli("sr", lambda s: {"scale": 4, "filter": "bicubic"})),
+    TaskSpec("denoise", "denoise", "Gaussian denoising, noise std 0.1 (not 0.02)", lambda shape, seed: Identity(),
+             sigma_y=0.1),
     TaskSpec("saturation", "nonlinear", "nonlinear: tanh sensor saturation, alpha 2",
              lambda shape, seed: Saturation(alpha=2.0)),
 )  # fmt: skip
@@ -330,7 +333,7 @@ def _problem_rows(
     """Every method on one (task, image, seed): records keyed by row, the network floor, figure panels."""
     op = spec.build(tuple(x.shape), seed).to(device)
     x = x.to(device)
-    y = measure(op, x, SIGMA_Y, seed)
+    y = measure(op, x, spec.sigma_y, seed)
     score = _Scorer(x, use_lpips)
     batch = (plan.samples, *x.shape[1:])
     floor = {
@@ -385,7 +388,7 @@ def _problem_rows(
         for k in plan.steps.get(method, ()):
             try:
                 res, seconds, mib = cost.timed(
-                    lambda: restore(y, op, prior, method=method, steps=k, sigma_y=SIGMA_Y, samples=plan.samples,
+                    lambda: restore(y, op, prior, method=method, steps=k, sigma_y=spec.sigma_y, samples=plan.samples,
                                     seed=seed, **plan.knobs.get(method, {})), device)  # fmt: skip
                 add("invdiff", method, k, res.mean, res.nfe, seconds, mib)
             except Exception as e:
@@ -400,7 +403,7 @@ def _problem_rows(
                 yb = y.repeat(plan.samples, *([1] * (y.dim() - 1)))
                 shape = (plan.samples, *x.shape[1:])
                 (xs, nfe), seconds, mib = cost.timed(
-                    lambda: run_deepinv(method, prior, op, yb, shape, SIGMA_Y, k, seed), device)  # fmt: skip
+                    lambda: run_deepinv(method, prior, op, yb, shape, spec.sigma_y, k, seed), device)  # fmt: skip
                 add("deepinv", method, k, xs.mean(0, keepdim=True), nfe, seconds, mib)
             except Exception as e:
                 add("deepinv", method, k, None, None, None, None, error=f"{type(e).__name__}: {e}")
@@ -517,9 +520,9 @@ def run_suite(
         method, k, counts = plan.scaling
         spec, (image, x) = tasks[0], next(iter(images.items()))
         op = spec.build(tuple(x.shape), plan.seeds[0]).to(device)
-        y = measure(op, x.to(device), SIGMA_Y, plan.seeds[0])
+        y = measure(op, x.to(device), spec.sigma_y, plan.seeds[0])
         log(f"batch scaling: {method} {k} steps, samples {counts}")
-        rows_scaling = cost.batch_scaling(prior, op, y, SIGMA_Y, method, k, counts, seed=plan.seeds[0])
+        rows_scaling = cost.batch_scaling(prior, op, y, spec.sigma_y, method, k, counts, seed=plan.seeds[0])
         scaling = {"task": spec.name, "image": image, "method": method, "steps": k, "rows": rows_scaling}
 
     return {
@@ -528,7 +531,7 @@ def run_suite(
         "prior": prior_name,
         "prior_config": getattr(prior, "config", {}).get("training", {}),
         "sigma_y": SIGMA_Y,
-        "tasks": [{"name": s.name, "kind": s.kind, "description": s.description} for s in tasks],
+        "tasks": [{"name": s.name, "kind": s.kind, "description": s.description, "sigma_y": s.sigma_y} for s in tasks],
         "image_shapes": {k: list(v.shape) for k, v in images.items()},
         "lpips": use_lpips,
         "machine": report.machine(device),
@@ -677,7 +680,7 @@ def markdown(data: dict[str, Any], figure_prefix: str = "results/figures/") -> s
         "",
         f"Prior `{data['prior']}` (training steps: {_train_steps(data['prior_config'])}). Test images "
         f"{', '.join(plan['images'])} ({size}, {'gray' if data.get('channels', 1) == 1 else 'colour'}), seeds {', '.join(map(str, plan['seeds']))}, "
-        f"sigma_y = {data['sigma_y']} Gaussian noise on every task; {plan['samples']} posterior sample(s) per "
+        f"sigma_y = {data['sigma_y']} Gaussian noise on every task but denoising (0.1); {plan['samples']} posterior sample(s) per "
         f"image and method (scores are those of their mean). Steps run: {steps}; deepinv's samplers run at the "
         "step counts of the invdiff sampler of the same name. Estimates are clipped to [0, 1] before scoring; "
         f"PSNR and SSIM (scikit-image) are means over images and seeds; {lp}. Oracle rows choose their "
