@@ -13,7 +13,10 @@ precision.  The chain start is literally the reference's ``x_T = randn`` (or its
 
 Deviations that a sampler's docstring documents are applied to the transcription and named in a
 comment ("documented deviation: ...").  Disagreements that are not documented are xfail(strict).
-Line numbers cite the reference snapshots of /tmp/refnotes/notes.md (file:line).
+Line numbers cite the official repositories as read (file:line): bahjat-kawar/ddrm 32b6b3c,
+wyhuai/DDNM 00b58ea, NVlabs/RED-diff 66482f2 (PiGDM), DPS2022/diffusion-posterior-sampling effbde7,
+yuanzhi-zhu/DiffPIR 111d26e, andreas128/RePaint 8e2a055, zhangbingliang2019/DAPS 098df6b,
+utcsilab/csgm-mri-langevin 91e0a5a.
 """
 
 from __future__ import annotations

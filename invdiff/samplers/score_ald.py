@@ -66,6 +66,13 @@ def score_ald(
     STEP_CAP / L)``, NCSN's annealed step with ``lr`` its ``step_lr``.  Small
     ``sigma_y`` and ``gamma`` therefore shrink the step instead of making the chain
     diverge; for the prior-dominated levels the default is ``alpha ~ 0.5 sigma^2``.
+    Source of the default: the reference (csgm-mri-langevin, ``main.py``) steps by
+    ``step_lr (sigma / sigma_L)^2`` with ``step_lr = 5e-5`` and ``sigma_L = 0.0066`` (the end of
+    its 2311-level geometric schedule), i.e. ``1.15 sigma^2``, on scans normalised to about
+    ``[0, 1]``.  That rule depends on where a schedule ends (with a prior's ``sigma_min`` of
+    0.002 it would be ``12.5 sigma^2``, beyond the stability bound ``2 / L``), so the default
+    is the cap alone, ``0.5 / L``; ``lr=5e-5`` on a schedule ending at 0.0066 gives the
+    reference's rule (still capped).
     The ULA bias this step leaves is largest in the stiffest directions (prior
     variance below ``sigma^2``), which the final denoising shrinks to the prior
     mean.  ``||A||`` is the largest singular for SVD operators, else 20 power
