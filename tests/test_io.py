@@ -165,6 +165,20 @@ def test_write_is_atomic_and_overwrites(tmp_path):
     assert sorted(p.name for p in path.parent.iterdir()) == ["a.png"]  # no temp files left behind
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_written_files_follow_the_umask(tmp_path, umask):
+    import os
+    import stat
+
+    old = os.umask(umask)
+    try:
+        for name in ("a.png", "b.npy", "c.tif"):
+            write_image(tmp_path / name, torch.zeros(1, 1, 3, 3))
+            assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o666 & ~umask, name
+    finally:
+        os.umask(old)
+
+
 # ----------------------------------------------------------------------------- NPY / NPZ
 
 
