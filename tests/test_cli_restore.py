@@ -69,6 +69,7 @@ def test_a_bad_file_is_reported_and_the_rest_finish(folder, tmp_path):
     assert "2 restored, 0 already done, 3 failed" in r.output
     assert "failed: broken:" in r.output and "corrupt" in r.output
     assert "failed: colour: " in r.output and "3 channel(s) but the prior models 1" in r.output
+    assert "use --prior natural-rgb" in r.output  # the prior that fits, not the one that does not
     assert "failed: nan: " in r.output and "NaN" in r.output
     assert (out / "img0" / "metrics.json").is_file() and not (out / "broken").exists()
 

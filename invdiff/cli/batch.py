@@ -104,8 +104,9 @@ def read_clean_image(path: Path, prior, device: torch.device | str = "cpu", wind
         x = hu_to_unit(x, window, clip=True)
     channels = getattr(prior, "channels", x.shape[1])
     if x.shape[1] != channels:
-        raise ValueError(f"{path}: image has {x.shape[1]} channel(s) but the prior models {channels}; choose a "
-                         f"{'gray' if channels == 1 else 'colour'} prior or convert the image")  # fmt: skip
+        fits = {1: "--prior natural-gray", 3: "--prior natural-rgb"}.get(x.shape[1], f"a {x.shape[1]}-channel prior")
+        raise ValueError(f"{path}: image has {x.shape[1]} channel(s) but the prior models {channels}; use "
+                         f"{fits} or convert the image")  # fmt: skip
     lo, hi = prior.data_range
     if math.isfinite(lo) and (float(x.min()) < lo - 1e-3 or float(x.max()) > hi + 1e-3):
         raise ValueError(f"{path}: values span [{float(x.min()):.3g}, {float(x.max()):.3g}] but the prior models "
