@@ -263,3 +263,18 @@ def test_restore_default_prior_follows_the_task(tmp_path, monkeypatch, task, exp
     r = CliRunner().invoke(app, ["restore", str(img), "--task", task, "-o", str(tmp_path / "o"), "--quiet"])
     assert r.exit_code == 2 and "stop here" in r.output
     assert asked == [expected]
+
+
+def test_progress_lines_without_a_terminal(folder, tmp_path, monkeypatch):
+    """Under CliRunner stderr is not a terminal: the bars cannot draw, so plain lines with the time left appear."""
+    import invdiff.cli.commands as cli_app
+
+    monkeypatch.setattr(cli_app, "PROGRESS_EVERY", 0.0)
+    r = run(folder, "--task", "inpaint", "--random-mask", "0.5", "-o", tmp_path / "out", "--steps", "3",
+            "--samples", "1")
+    assert r.exit_code == 0, r.output
+    lines = [ln for ln in r.output.splitlines() if ln.startswith("image ")]
+    assert "image 1/2, step 1/3:" in lines[0] and "s left" in lines[0]
+    assert any(ln.startswith("image 2/2, step 3/3:") for ln in lines)
+    quiet = run(folder, "--task", "inpaint", "--random-mask", "0.5", "-o", tmp_path / "q", *FAST)
+    assert not any(ln.startswith("image ") for ln in quiet.output.splitlines())

@@ -109,7 +109,7 @@ def internal_edges() -> dict[str, set[tuple[str, int]]]:
 
 def test_the_wings_and_the_core_exist():
     modules = all_modules()
-    for name in ("invdiff.cli.app", "invdiff.cli.batch", "invdiff.cli.tasks", "invdiff.cli.demo",
+    for name in ("invdiff.cli.commands", "invdiff.cli.batch", "invdiff.cli.tasks", "invdiff.cli.demo",
                  "invdiff.medical.ct", "invdiff.medical.mri", "invdiff.medical.monai",
                  "invdiff.train.pixel", "invdiff.train.latent",
                  "invdiff.restore", "invdiff.methods", "invdiff.io", "invdiff.samplers.ddrm"):  # fmt: skip

@@ -323,7 +323,14 @@ def restore_cmd(
         raise typer.Exit(1 if rep["failed"] else 0)
 
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     from ..io import find_inputs
 
@@ -332,14 +339,19 @@ def restore_cmd(
     except (ValueError, FileNotFoundError) as e:
         _fail(str(e))
     n_steps = steps or METHODS[method].steps
+    console = Console(stderr=True)
     bars = Progress(TextColumn("{task.description:>8}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=Console(stderr=True), disable=quiet, transient=True)  # fmt: skip
+                    TimeRemainingColumn(), console=console, disable=quiet, transient=True)  # fmt: skip
     images = bars.add_task("images", total=n_files)
     sampling = bars.add_task("steps", total=n_steps)
+    # Without a terminal (a log file, a batch system) the bars do not draw: a plain line every few seconds.
+    ticker = None if quiet or console.is_terminal else _Ticker(n_files, n_steps)
 
     def on_file(name: str, status: str, row: dict | None) -> None:
         bars.advance(images)
         bars.reset(sampling, total=n_steps)
+        if ticker is not None:
+            ticker.next_file()
         if not quiet:
             detail = f"PSNR {row['psnr']:.2f} dB, SSIM {row['ssim']:.3f}, " if row and "psnr" in row else ""
             took = f"{row['seconds']:.1f} s" if row else ""
@@ -347,6 +359,8 @@ def restore_cmd(
 
     def on_step(info: dict) -> None:
         bars.update(sampling, completed=min(int(info["i"]) + 1, n_steps))
+        if ticker is not None:
+            ticker.step(int(info["i"]) + 1)
 
     try:
         with bars:
@@ -367,6 +381,41 @@ def restore_cmd(
                f"{quality}; {report.seconds:.1f} s; outputs in {output}")  # fmt: skip
     if report.failed:
         raise typer.Exit(1)
+
+
+#: seconds between progress lines when stderr is not a terminal
+PROGRESS_EVERY = 5.0
+
+
+class _Ticker:
+    """Progress as plain stderr lines, at most one every ``PROGRESS_EVERY`` seconds, with the time left.
+
+    The estimate is the current file's pace: its remaining steps plus the files not yet
+    started, each taking what the finished ones took on average (or this one, at first).
+    """
+
+    def __init__(self, n_files: int, n_steps: int) -> None:
+        import time
+
+        self.clock = time.monotonic
+        self.n_files, self.n_steps = n_files, n_steps
+        self.start = self.file_start = self.last = self.clock()
+        self.done = 0
+
+    def next_file(self) -> None:
+        self.done += 1
+        self.file_start = self.clock()
+
+    def step(self, i: int) -> None:
+        now = self.clock()
+        if now - self.last < PROGRESS_EVERY:
+            return
+        self.last = now
+        per_step = (now - self.file_start) / max(i, 1)
+        per_file = (self.file_start - self.start) / self.done if self.done else per_step * self.n_steps
+        left = per_step * (self.n_steps - i) + per_file * max(self.n_files - self.done - 1, 0)
+        typer.echo(f"image {min(self.done + 1, self.n_files)}/{self.n_files}, step {i}/{self.n_steps}: "
+                   f"{now - self.start:.0f} s elapsed, about {left:.0f} s left", err=True)  # fmt: skip
 
 
 @app.command()
