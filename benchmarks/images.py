@@ -614,8 +614,9 @@ def headline(data: dict[str, Any]) -> str:
         f"{len(plan['seeds'])} seed(s), sigma_y = {data['sigma_y']}; "
         f"{report.describe_machine(data['machine']).rstrip('.')}). "
         "Mean PSNR of the shipped `natural-gray` prior's samplers against the classical baseline of each task "
-        "(biharmonic for inpainting, the better of oracle-tuned Wiener and Tikhonov for deblurring, bicubic for "
-        "super-resolution, the direct inverse for saturation); the bar is +1 dB. Steps below a method's default "
+        "(biharmonic for inpainting, the best of BM3D deblurring, Wiener and Tikhonov, each with its oracle "
+        "weight, for deblurring, BM3D with its oracle noise level for denoising, bicubic for super-resolution, "
+        "the direct inverse for saturation); the bar is +1 dB. Steps below a method's default "
         "are marked `n/default`. Full tables, deepinv rows, timings and figures: "
         "[benchmarks/RESULTS.md](benchmarks/RESULTS.md).",
         "",
