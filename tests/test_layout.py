@@ -152,22 +152,25 @@ def test_no_import_cycles():
             visit(m)
 
 
+def plant(tmp_path, monkeypatch, files: dict[str, str]) -> None:
+    """Point the checker at a planted tree: ``{"invdiff/restore.py": source, "priors/bad.py": ...}``."""
+    for rel, text in files.items():
+        path = tmp_path / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    for package, folder in (("invdiff", "invdiff"), ("invdiff.priors", "priors"), ("invdiff.operators", "operators")):
+        monkeypatch.setitem(SOURCES, package, tmp_path / folder)
+
+
 def test_the_checker_catches_an_upward_import(tmp_path, monkeypatch):
-    """A planted core module that imports the CLI lazily, and a priors module that imports invdiff, are caught."""
-    fake = tmp_path / "invdiff"
-    (fake / "cli").mkdir(parents=True)
-    (fake / "cli" / "__init__.py").write_text("")
-    (fake / "cli" / "batch.py").write_text("def file_seed(): ...\n")
-    (fake / "__init__.py").write_text("")
-    (fake / "restore.py").write_text("def f():\n    from .cli.batch import file_seed\n")
-    (fake / "volume.py").write_text("import importlib\nbatch = importlib.import_module('invdiff.cli.batch')\n")
-    prior_src = tmp_path / "priors"
-    prior_src.mkdir()
-    (prior_src / "__init__.py").write_text("")
-    (prior_src / "bad.py").write_text("from invdiff import restore\n")
-    monkeypatch.setitem(SOURCES, "invdiff", fake)
-    monkeypatch.setitem(SOURCES, "invdiff.priors", prior_src)
-    monkeypatch.setitem(SOURCES, "invdiff.operators", tmp_path / "none")
+    """A planted core module that imports the CLI lazily or through importlib, and a priors module that
+    imports invdiff, are caught."""
+    plant(tmp_path, monkeypatch, {
+        "invdiff/__init__.py": "", "invdiff/cli/__init__.py": "", "invdiff/cli/batch.py": "def file_seed(): ...\n",
+        "invdiff/restore.py": "def f():\n    from .cli.batch import file_seed\n",
+        "invdiff/volume.py": "import importlib\nbatch = importlib.import_module('invdiff.cli.batch')\n",
+        "priors/__init__.py": "", "priors/bad.py": "from invdiff import restore\n",
+    })  # fmt: skip
     with pytest.raises(AssertionError) as err:
         test_every_arrow_points_down()
     assert "invdiff.restore:2 (core) imports invdiff.cli.batch (cli)" in str(err.value)
@@ -176,14 +179,8 @@ def test_the_checker_catches_an_upward_import(tmp_path, monkeypatch):
 
 
 def test_the_checker_catches_a_cycle(tmp_path, monkeypatch):
-    src = tmp_path / "priors"
-    src.mkdir()
-    (src / "__init__.py").write_text("")
-    (src / "latent.py").write_text("def f():\n    from .loaders import g\n")
-    (src / "loaders.py").write_text("from .latent import f\n")
-    monkeypatch.setitem(SOURCES, "invdiff", tmp_path / "none")
-    monkeypatch.setitem(SOURCES, "invdiff.priors", src)
-    monkeypatch.setitem(SOURCES, "invdiff.operators", tmp_path / "none2")
+    plant(tmp_path, monkeypatch, {"priors/__init__.py": "", "priors/latent.py": "def f():\n    from .loaders import g\n",
+                                  "priors/loaders.py": "from .latent import f\n"})  # fmt: skip
     with pytest.raises(pytest.fail.Exception, match="import cycle: invdiff.priors.latent -> invdiff.priors.loaders"):
         test_no_import_cycles()
 
@@ -198,13 +195,9 @@ def test_the_top_level_api():
 
 def test_the_checker_catches_a_cycle_through_a_package(tmp_path, monkeypatch):
     """``invdiff/__init__`` imports ``restore``, which imports a name back from ``invdiff``: a cycle."""
-    fake = tmp_path / "invdiff"
-    fake.mkdir()
-    (fake / "__init__.py").write_text("from .restore import restore\nfrom .volume import restore_volume\n")
-    (fake / "volume.py").write_text("def restore_volume(): ...\n")
-    (fake / "restore.py").write_text("from invdiff import restore_volume\n")
-    monkeypatch.setitem(SOURCES, "invdiff", fake)
-    monkeypatch.setitem(SOURCES, "invdiff.priors", tmp_path / "none")
-    monkeypatch.setitem(SOURCES, "invdiff.operators", tmp_path / "none2")
+    plant(tmp_path, monkeypatch, {
+        "invdiff/__init__.py": "from .restore import restore\nfrom .volume import restore_volume\n",
+        "invdiff/volume.py": "def restore_volume(): ...\n", "invdiff/restore.py": "from invdiff import restore_volume\n",
+    })  # fmt: skip
     with pytest.raises(pytest.fail.Exception, match="import cycle: invdiff -> invdiff.restore -> invdiff"):
         test_no_import_cycles()
