@@ -229,9 +229,9 @@ def initial_x(
 ) -> Tensor:
     """``x_T = start_mean + start_std(sigma) * n``, ``n`` one standard normal draw of ``shape`` from ``generator``.
 
-    In VP units on ``[-1, 1]`` this is exactly the references' ``x_T = n`` (same draw),
-    so a transcription of a reference that shares the generator starts where the
-    sampler starts.
+    For a prior on ``[0, 1]``, in VP units on ``[-1, 1]`` this is exactly the references'
+    ``x_T = n`` (the same draw), so a transcription of a reference that shares the
+    generator starts where the sampler starts (``tests/test_reference_parity.py``).
     """
     return start_mean(prior, shape, like=like) + start_std(prior, sigma, vp=vp) * randn(shape, generator, like=like)
 
