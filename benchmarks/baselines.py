@@ -15,7 +15,7 @@ truth, and the tables say so.
 * ``bicubic``: ``torch.nn.functional.interpolate`` upsampling of a low-resolution ``y``.
 * ``biharmonic``: scikit-image's ``inpaint_biharmonic`` on the missing pixels.
 * ``saturation_inverse``: the closed-form inverse of ``Saturation`` on ``y``.
-* ``bm3d_denoise`` / ``bm3d_deblur``: BM3D (Dabov et al. 2007) and its deblurring
+* ``bm3d_denoise`` / ``bm3d_deblur``: BM3D (Dabov et al. 2007; CBM3D for RGB denoising) and its deblurring
   (regularised inverse, then BM3D on the colored noise; Mäkinen et al. 2020) from the
   ``bm3d`` package, with the noise std as ``lam`` (oracle over a grid around the true
   one).  ``bm3d`` is free for non-commercial use only, so it is a benchmark extra
@@ -152,11 +152,14 @@ def _from_hwc(a: np.ndarray, like: Tensor) -> Tensor:
 
 
 def bm3d_denoise(op: Operator, y: Tensor, sigma: float) -> Tensor:
-    """BM3D of a noisy image ``y`` (``Identity`` operator) at noise std ``sigma``; each channel on its own."""
+    """BM3D of a noisy image ``y`` (``Identity`` operator) at noise std ``sigma``: CBM3D (``bm3d_rgb``,
+    block matching on luminance) for RGB images, as a user would run it, plain BM3D per channel otherwise."""
     if tuple(op.x_shape(y)) != tuple(y.shape):
         raise ValueError(f"bm3d_denoise needs y to be the noisy image itself (Identity), got {op!r}")
     bm3d = _bm3d()
     img = _hwc(y)
+    if img.shape[2] == 3:
+        return _from_hwc(bm3d.bm3d_rgb(img, sigma), y)
     return _from_hwc(np.stack([bm3d.bm3d(img[..., c], sigma) for c in range(img.shape[2])], -1), y)
 
 

@@ -60,11 +60,13 @@ def test_bm3d_deblurring_uses_the_operator_s_blur_and_bm3d_denoises() -> None:
     assert est.shape == x.shape and est.dtype == y.dtype
     assert psnr(est, x).item() > psnr(y.clamp(0, 1), x).item() + 5
     assert psnr(est, x).item() > psnr(flipped, x).item() + 3  # a flipped PSF would leave dB behind
-    # Denoising: the identity operator, colour channels one by one.
+    # Denoising: the identity operator; an RGB image goes through CBM3D, a gray one through BM3D.
     x3 = torch.cat([_smooth(48, 48, seed=s) for s in range(3)], dim=1)
     y3 = x3 + 0.1 * torch.randn(x3.shape, generator=g, dtype=F64)
     den = baselines.bm3d_denoise(Identity(), y3, 0.1).clamp(0, 1)
     assert den.shape == x3.shape and psnr(den, x3).item() > psnr(y3.clamp(0, 1), x3).item() + 8
+    gray = baselines.bm3d_denoise(Identity(), y3[:, :1], 0.1).clamp(0, 1)
+    assert gray.shape == (1, 1, 48, 48) and psnr(gray, x3[:, :1]).item() > psnr(y3[:, :1].clamp(0, 1), x3[:, :1]).item() + 8
     assert set(baselines.baselines_for(Identity())) >= {"bm3d"}
     assert {"bm3d", "wiener"} <= set(baselines.baselines_for(op))
     with pytest.raises(ValueError, match="odd kernel sides"):
