@@ -60,6 +60,11 @@ class ChannelwisePrior(Prior):
         return int(getattr(self.prior, "factor", 1))
 
     @property
+    def shipped(self) -> str | None:  # type: ignore[override]
+        """The inner prior's shipped name: the methods' starts chosen for it apply here too."""
+        return getattr(self.prior, "shipped", None)
+
+    @property
     def sigma_min(self) -> float:  # type: ignore[override]
         return self.prior.sigma_min
 

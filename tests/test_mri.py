@@ -34,7 +34,7 @@ from invdiff.operators import (
     mri_mask,
 )
 from invdiff.operators.fourier import fft2c
-from invdiff.priors import ChannelwisePrior, GaussianPrior
+from invdiff.priors import ChannelwisePrior, GaussianPrior, Prior
 from invdiff.samplers.common import ridge_adjoint_solve
 
 D = torch.float64
@@ -381,10 +381,26 @@ def test_reconstruct_mri_given_maps_estimated_maps_and_complex_route() -> None:
     assert (rec.op(rec.image) - y).norm() / y.norm() < 1e-10
 
 
+class _Shipped(Prior):
+    """A prior marked as loaded by a shipped name (as ``load_prior("phantoms")`` marks it)."""
+
+    shipped = "phantoms"
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def denoise(self, x, sigma):
+        return self.inner.denoise(x, sigma)
+
+
 def test_channelwise_prior_denoises_each_group_with_the_inner_prior() -> None:
     inner = GaussianPrior.smooth((1, 8, 8), length_scale=1.5, variance=0.05, mean=0.3)
     prior = ChannelwisePrior(inner, groups=2)
     assert prior.channels == 2 and prior.sigma_max == inner.sigma_max
+    # the mean of the real and imaginary groups is the inner mean twice; a shipped inner prior stays shipped
+    torch.testing.assert_close(prior.data_mean(), inner.data_mean().repeat(2, 1, 1))
+    assert prior.shipped is None and ChannelwisePrior(_Shipped(inner)).shipped == "phantoms"
     x = torch.randn(3, 2, 8, 8, generator=gen(17), dtype=D)
     sigma = torch.tensor([0.1, 0.5, 2.0], dtype=D)
     out = prior.denoise(x, sigma)
