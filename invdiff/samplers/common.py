@@ -41,6 +41,7 @@ __all__ = [
     "start_std",
     "initial_x",
     "initial_latent",
+    "measurement_image",
     "ancestral_sigmas",
     "ancestral_step",
     "denoise_vjp",
@@ -234,6 +235,21 @@ def initial_x(
     generator starts where the sampler starts (``tests/test_reference_parity.py``).
     """
     return start_mean(prior, shape, like=like) + start_std(prior, sigma, vp=vp) * randn(shape, generator, like=like)
+
+
+def measurement_image(
+    prior: Prior, op: Operator, y: Tensor, sigma_y: float, sigma: float, *, cg_iters: int = 50
+) -> Tensor:
+    """The measurement as an image, for a start at level ``sigma``: ``m + A^T (A A^T + lam I)^-1 (y - A m)``.
+
+    ``m = start_mean`` fills what ``A`` does not measure (the references' ``A^+ y_m`` on ``[-1, 1]``
+    is 0 there), and ``lam = sigma_y^2 / r^2`` with ``r^2 = sigma^2 / (1 + 4 sigma^2)`` (at least
+    1e-6) regularises the inverse as PiGDM's guidance is at ``sigma``: a plain pseudoinverse
+    divides the noise by singulars near zero (a Gaussian blur's reach 1e-8).
+    """
+    mid = start_mean(prior, op.x_shape(y), like=y)
+    lam = max(sigma_y**2 * (1 + 4 * sigma**2) / sigma**2, 1e-6)
+    return mid + ridge_adjoint_solve(op, y - op(mid), lam, cg_iters=cg_iters)
 
 
 def initial_latent(

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ..operators import Operator
 from ..priors import Prior
-from .common import check_sigma_y, check_sigmas, emit, randn, require_linear, ridge_adjoint_solve, start_mean
+from .common import check_sigma_y, check_sigmas, emit, measurement_image, randn, require_linear, ridge_adjoint_solve
 
 #: Floor on ``sigma_y`` (data units) in the data step, as the reference's ``max(0.001, noise_level_img)``.
 SIGMA_Y_FLOOR = 1e-3
@@ -100,9 +100,7 @@ def diffpir(
 
     # Start: the measurement as an image (the data's middle where nothing is measured), noised to sigma_T.
     sigma_T = s_list[0]
-    mid = start_mean(prior, op.x_shape(y), like=y)
-    lam0 = max(sigma_y**2 * (1 + 4 * sigma_T**2) / sigma_T**2, 1e-6)  # sigma_y^2 / r_T^2, as PiGDM's start
-    x_y = mid + ridge_adjoint_solve(op, y - op(mid), lam0, cg_iters=cg_iters)
+    x_y = measurement_image(prior, op, y, sigma_y, sigma_T, cg_iters=cg_iters)
     x = x_y + max(sigma_T**2 - sigma_y**2, 0.0) ** 0.5 * randn(op.x_shape(y), generator, like=y)
     for i, (sigma, sigma_next) in enumerate(zip(s_list[:-1], s_list[1:])):
         x0_hat = prior.denoise(x, sigma)

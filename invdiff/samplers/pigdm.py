@@ -16,10 +16,10 @@ from .common import (
     check_sigmas,
     denoise_vjp,
     emit,
+    measurement_image,
     randn,
     require_linear,
     ridge_adjoint_solve,
-    start_mean,
 )
 
 
@@ -88,15 +88,9 @@ def pigdm(
     s_list = check_sigmas(sigmas)
     sigma_y = check_sigma_y(sigma_y)
 
-    # x_T = A^+ y + sigma_T n, as the reference initialises, but with A^+ regularised like the
-    # guidance at sigma_T (lam = sigma_y^2 / r_T^2, at least 1e-6): a plain pseudoinverse divides
-    # the noise by singulars near zero (a Gaussian blur's reach 1e-8) and starts the chain at 1e6.
-    r2_first = float(s_list[0]) ** 2 / (1 + 4 * float(s_list[0]) ** 2)
-    lam0 = max(sigma_y**2 / r2_first, 1e-6)
-    # On [-1, 1] the reference's A^+ y_m is 0 on the null space; in data units that is the middle of
-    # the range there: x_T = m + A^+ (y - A m) + sigma_T n with m = start_mean (0.5 for [0, 1] images).
-    mid = start_mean(prior, op.x_shape(y), like=y)
-    x = mid + ridge_adjoint_solve(op, y - op(mid), lam0, cg_iters=cg_iters)
+    # x_T = A^+ y + sigma_T n, as the reference initialises, with A^+ regularised like the guidance
+    # at sigma_T and the data's middle where nothing is measured (measurement_image).
+    x = measurement_image(prior, op, y, sigma_y, s_list[0], cg_iters=cg_iters)
     x = x + s_list[0] * randn(op.x_shape(y), generator, like=y)
     for i, (sigma, sigma_next) in enumerate(zip(s_list[:-1], s_list[1:])):
         r2 = sigma**2 / (1 + 4 * sigma**2)
