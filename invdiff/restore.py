@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from .methods import METHODS, Method
+from .operators.embed import crop, embed
 from .priors.base import Prior
 from .priors.latent import LatentPrior
 from .samplers.common import accumulation_dtype
@@ -48,6 +49,11 @@ class Result:
         knobs: every knob the sampler ran with (defaults and overrides).
         dtype: the dtype the sampler computed in, e.g. ``"float32"`` (see ``restore``);
             ``mean``, ``std`` and ``samples`` are in ``y``'s dtype whatever it was.
+        padded: ``(top, bottom, left, right)`` pixels the image was padded by for the prior
+            (sides divisible by ``prior.factor``) and cropped off again; zeros when none.
+        sigma_y: the Gaussian measurement-noise std the sampler ran with (data units): the
+            given one, ``noise=Gaussian(s)``'s, or the estimate of ``sigma_y="auto"``;
+            ``None`` when a non-Gaussian noise model (``noise=Poisson(...)``) set the likelihood.
     """
 
     mean: Tensor
@@ -59,6 +65,8 @@ class Result:
     steps: int
     knobs: dict[str, Any] = field(default_factory=dict)
     dtype: str = ""
+    padded: tuple[int, int, int, int] = (0, 0, 0, 0)
+    sigma_y: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly summary without tensors."""
@@ -66,6 +74,8 @@ class Result:
             "method": self.method,
             "steps": self.steps,
             "dtype": self.dtype,
+            "padded": list(self.padded),
+            "sigma_y": self.sigma_y,
             "samples": self.samples.shape[0],
             "shape": list(self.mean.shape),
             "nfe": self.nfe,
@@ -127,7 +137,7 @@ def restore(
     prior: Prior,
     method: str = "ddrm",
     steps: int | None = None,
-    sigma_y: float | None = None,
+    sigma_y: float | str | None = None,
     samples: int = 1,
     seed: int = 0,
     noise: Any | None = None,
@@ -150,7 +160,10 @@ def restore(
             (``load_prior("natural-gray")`` and the like), and the prior's own ``sigma_max``
             for every other prior (analytic priors, users' checkpoints, latent priors).
         sigma_y: measurement noise std in data units (0 for noiseless).  Required unless
-            ``noise`` is given; a ``Gaussian`` noise model supplies it.
+            ``noise`` is given; a ``Gaussian`` noise model supplies it.  ``"auto"`` estimates
+            it from ``y`` before sampling with ``invdiff.noise_level.estimate_sigma_y(y, op)``
+            (wavelet MAD; image measurements only, not k-space or sinograms; Gaussian noise
+            only, so not with ``noise=``); ``Result.sigma_y`` records the value used.
         samples: posterior samples per image, drawn together as a batch of ``samples * B``.
         seed: seeds a fresh ``torch.Generator`` on ``y``'s device unless ``generator`` is given.
         noise: a noise model (``Gaussian``, ``Poisson``) for methods that take one.
@@ -169,8 +182,17 @@ def restore(
     samplers' sums, norms, conjugate gradients and FFTs run in float32 (``samplers.common``,
     ``operators.fourier``); the rest, the denoiser included, runs in the half dtype.
 
+    Image size: any.  A prior whose network needs sides divisible by ``prior.factor`` (8 for
+    the shipped U-Nets, 16 for ``latent-gray``) gets the problem on an image padded at the
+    bottom and right to the next multiples: the operator is wrapped as
+    ``operators.Embed(op, pad)`` (measures the original window; the border is unmeasured and
+    left to the prior), an ``Inpainting`` gets its mask and ``y`` zero-padded (the border a
+    hole), and mean, std and samples are cropped back to the image; ``Result.padded`` says
+    by how much.  ``callback`` sees the padded images.  Sides already divisible run exactly
+    as given.
+
     Returns:
-        ``Result`` with mean, std, samples, nfe, timing and the compute dtype.
+        ``Result`` with mean, std, samples, nfe, timing, the compute dtype and the padding.
     """
     # Validate everything before any sampling.
     _check_y(y)
@@ -182,8 +204,9 @@ def restore(
     m = METHODS[method]
     _check_prior_kind(method, m, prior)
     x_shape = _check_op(op, y)
+    pad = _padding(prior, x_shape)
     if isinstance(prior, LatentPrior):
-        prior.latent_shape(x_shape)  # the image must fit the autoencoder and latent U-Net
+        prior.latent_shape(_padded_shape(x_shape, pad))  # the image must fit the autoencoder and latent U-Net
     _check_needs(method, m, op, y)
     valid = m.knobs
     unknown = [k for k in knobs if k not in valid]
@@ -197,7 +220,11 @@ def restore(
     if isinstance(samples, bool) or not isinstance(samples, numbers.Integral) or samples < 1:
         raise ValueError(f"samples must be an integer >= 1, got {samples!r}")
     steps, samples = int(steps), int(samples)
-    sigma_y, noise = _check_noise(method, m, sigma_y, noise)
+    sigma_y, noise = _check_noise(method, m, sigma_y, noise, y, op)
+
+    # Sides not divisible by the prior's factor: the same problem on a canvas padded at the bottom/right.
+    if any(pad):
+        y, op = embed(y, op, pad)
 
     # One batch of samples * B problems, sample-major: entry k * B + b is sample k of image b.
     y_rep = y.repeat(samples, 1, 1, 1)
@@ -222,7 +249,7 @@ def restore(
     seconds = time.perf_counter() - start
 
     # The summary over samples in at least float32, everything returned in y's dtype.
-    xs = x.reshape(samples, *x_shape).to(accumulation_dtype(x.dtype))
+    xs = crop(x, pad).reshape(samples, *x_shape).to(accumulation_dtype(x.dtype))
     std = xs.std(dim=0) if samples > 1 else torch.zeros_like(xs[0])
     return Result(
         mean=xs.mean(dim=0).to(y_dtype),
@@ -234,7 +261,25 @@ def restore(
         steps=steps,
         knobs={**valid, **knobs},
         dtype=str(dtype).removeprefix("torch."),
+        padded=pad,
+        sigma_y=sigma_y if noise is None else None,
     )
+
+
+def _padding(prior: Prior, x_shape: tuple[int, ...]) -> tuple[int, int, int, int]:
+    """``(top, bottom, left, right)`` that make the image's sides multiples of ``prior.factor``.
+
+    Bottom and right only: the image keeps its pixel grid aligned with the network's
+    downsampling blocks from the top-left corner, as an image of divisible size would.
+    """
+    f = int(getattr(prior, "factor", 1) or 1)
+    h, w = int(x_shape[-2]), int(x_shape[-1])
+    return (0, -h % f, 0, -w % f)
+
+
+def _padded_shape(x_shape: tuple[int, ...], pad: tuple[int, int, int, int]) -> tuple[int, ...]:
+    top, bottom, left, right = pad
+    return (*x_shape[:-2], x_shape[-2] + top + bottom, x_shape[-1] + left + right)
 
 
 def _check_y(y: Any) -> None:
@@ -317,10 +362,24 @@ def _check_needs(method: str, m: Method, op: Operator, y: Tensor) -> None:
         )
 
 
-def _check_noise(method: str, m: Method, sigma_y: float | None, noise: Any | None) -> tuple[float, Any | None]:
-    """Resolve ``sigma_y`` and ``noise`` for the method; raises ``ValueError``."""
+def _check_noise(
+    method: str, m: Method, sigma_y: float | str | None, noise: Any | None, y: Tensor, op: Operator
+) -> tuple[float, Any | None]:
+    """Resolve ``sigma_y`` (estimated from ``y`` for ``"auto"``) and ``noise`` for the method; raises ``ValueError``."""
     if sigma_y is None and noise is None:
-        raise ValueError("pass sigma_y= (measurement noise std in data units; 0 for noiseless) or noise=")
+        raise ValueError(
+            "pass sigma_y= (measurement noise std in data units; 0 for noiseless) or noise=, "
+            "or sigma_y='auto' to estimate it from y"
+        )
+    if isinstance(sigma_y, str) and sigma_y == "auto":
+        if noise is not None:
+            raise ValueError(
+                f"sigma_y='auto' estimates Gaussian noise and cannot be combined with "
+                f"noise={type(noise).__name__}(...); drop one of them"
+            )
+        from .noise_level import estimate_sigma_y
+
+        sigma_y = estimate_sigma_y(y, op)
     gaussian_sigma = None
     if noise is not None:
         from .operators.noise import Gaussian
@@ -338,7 +397,7 @@ def _check_noise(method: str, m: Method, sigma_y: float | None, noise: Any | Non
     if isinstance(sigma_y, Tensor):
         sigma_y = float(sigma_y)
     if not isinstance(sigma_y, (int, float)) or not math.isfinite(sigma_y) or sigma_y < 0:
-        raise ValueError(f"sigma_y must be a finite number >= 0 (data units), got {sigma_y!r}")
+        raise ValueError(f"sigma_y must be a finite number >= 0 (data units) or 'auto', got {sigma_y!r}")
     if gaussian_sigma is not None and not math.isclose(sigma_y, gaussian_sigma, rel_tol=1e-6, abs_tol=1e-12):
         raise ValueError(f"sigma_y={sigma_y} disagrees with noise=Gaussian({gaussian_sigma}); pass one of them")
     if gaussian_sigma is not None:

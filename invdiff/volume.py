@@ -84,6 +84,8 @@ def restore_batch(
         steps=first.steps,
         knobs=first.knobs,
         dtype=first.dtype,
+        padded=first.padded,
+        sigma_y=max((p.sigma_y for p in parts if p.sigma_y is not None), default=None),
     )
 
 

@@ -9,6 +9,7 @@ from .bridge import from_deepinv, to_deepinv
 from .coils import birdcage_sensitivities, calibration_width, estimate_sensitivities
 from .colorization import Colorization
 from .downsampling import Downsampling
+from .embed import Embed, embed
 from .identity import Identity
 from .inpainting import Inpainting, box_mask, mask_from_image, random_mask
 from .mri import FASTMRI_CENTER_FRACTIONS, MRI, MultiCoilMRI, mri_mask
@@ -30,6 +31,8 @@ __all__ = [
     "motion_kernel",
     "Downsampling",
     "Colorization",
+    "Embed",
+    "embed",
     "MRI",
     "MultiCoilMRI",
     "mri_mask",

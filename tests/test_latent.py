@@ -214,9 +214,9 @@ def test_prior_kind_and_operator_errors():
     sat = Saturation()
     with pytest.raises(ValueError, match="'psld' needs a linear operator.*: latent_dps$"):
         restore(sat(x), sat, p, method="psld", steps=2, sigma_y=0.01)
-    op18 = Inpainting(torch.ones(1, 1, 20, 20))
-    with pytest.raises(ValueError, match="divisible by 8"):
-        restore(torch.rand(1, 1, 20, 20), op18, p, method="latent_dps", steps=2, sigma_y=0.01)
+    op18 = Inpainting(torch.ones(1, 1, 20, 20))  # any size: padded to what the autoencoder and U-Net need
+    r = restore(torch.rand(1, 1, 20, 20), op18, p, method="latent_dps", steps=2, sigma_y=0.01)
+    assert r.mean.shape == (1, 1, 20, 20) and r.padded[1] > 0 and r.padded[3] > 0
     with pytest.raises(ValueError, match="latent_dps needs a latent prior"):
         latent_dps(pixel, op8, op8(x8), pixel.sigmas(2))
     with pytest.raises(ValueError, match="zeta must be >= 0"):
