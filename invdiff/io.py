@@ -239,6 +239,7 @@ def _read_raster(path: Path, kind: str) -> tuple[np.ndarray, dict[str, Any]]:
         raise ValueError(f"{path}: pixel type {arr.dtype} is not supported; save as 8/16-bit integer or float")
     if x.ndim == 3 and x.shape[2] in (2, 4):
         meta["alpha"] = True
+        meta["alpha_mask"] = np.asarray(x[..., -1], dtype=np.float32).copy()  # (H, W): 0 = transparent
         x = _flatten_alpha(x)
     return _channels_first(x), meta
 

@@ -135,13 +135,23 @@ def box_mask(
     return mask
 
 
-def mask_from_image(path_or_array: str | os.PathLike | np.ndarray | Tensor, shape: Sequence[int] | None = None) -> Tensor:
-    """Read a mask from an image file (via ``skimage.io``) or an array: nonzero = known.
+def mask_from_image(
+    path_or_array: str | os.PathLike | np.ndarray | Tensor,
+    shape: Sequence[int] | None = None,
+    *,
+    nonzero: str = "fill",
+) -> Tensor:
+    """Read a mask from an image file (via ``skimage.io``) or an array as :class:`Inpainting`'s known-pixel mask.
 
-    Colour images count a pixel as known if any colour channel is nonzero (an
-    alpha channel is ignored).  Returns ``(1, 1, H, W)`` float.  If ``shape``
+    ``nonzero="fill"`` (the default): white/nonzero pixels are the region to fill in,
+    as in OpenCV's ``inpaint``, LaMa and diffusers' inpainting pipelines;
+    ``nonzero="known"``: nonzero pixels are the known ones.  Colour images count a
+    pixel as nonzero if any colour channel is (an alpha channel is ignored).
+    Returns ``(1, 1, H, W)`` float, 1 where the pixel is known.  If ``shape``
     (``(H, W)`` or ``(B, C, H, W)``) is given, the mask's size must match it.
     """
+    if nonzero not in ("fill", "known"):
+        raise ValueError(f"nonzero must be 'fill' or 'known', got {nonzero!r}")
     if isinstance(path_or_array, (str, os.PathLike)):
         from skimage import io
 
@@ -151,16 +161,17 @@ def mask_from_image(path_or_array: str | os.PathLike | np.ndarray | Tensor, shap
         array = path_or_array.detach().cpu().numpy() if isinstance(path_or_array, Tensor) else np.asarray(path_or_array)
         source = "mask array"
     if array.ndim == 3 and array.shape[-1] in (3, 4):
-        known = (array[..., :3] != 0).any(axis=-1)
+        on = (array[..., :3] != 0).any(axis=-1)
     elif array.ndim == 2:
-        known = array != 0
+        on = array != 0
     else:
         raise ValueError(f"{source} must be a gray (H, W) or colour (H, W, 3|4) image, got shape {fmt(array.shape)}")
     if shape is not None:
         _, h, w = _image_hw(shape, "mask_from_image")
-        if known.shape != (h, w):
+        if on.shape != (h, w):
             raise ValueError(
-                f"{source} is {known.shape[0]}x{known.shape[1]} (H x W) but the image is {h}x{w}; "
+                f"{source} is {on.shape[0]}x{on.shape[1]} (H x W) but the image is {h}x{w}; "
                 "resize the mask to the image size"
             )
+    known = on if nonzero == "known" else ~on
     return torch.from_numpy(known.astype(np.float32))[None, None]

@@ -26,7 +26,10 @@ def folder(tmp_path):
 
 
 def run(*args):
-    return CliRunner().invoke(app, ["restore", *map(str, args)])
+    """``invdiff restore`` in evaluation mode (``--simulate``) unless the inputs are degrade's measurements."""
+    args = [str(a) for a in args]
+    mode = [] if "--measured" in args else ["--simulate"]
+    return CliRunner().invoke(app, ["restore", *args, *mode])
 
 
 def test_restores_a_folder_and_writes_outputs_and_metrics(folder, tmp_path):
@@ -64,7 +67,7 @@ def test_a_bad_file_is_reported_and_the_rest_finish(folder, tmp_path):
     io.imsave(folder / "colour.png", np.zeros((32, 32, 3), np.uint8), check_contrast=False)
     np.save(folder / "nan.npy", np.full((32, 32), np.nan, np.float32))
     out = tmp_path / "out"
-    r = run(folder, "--task", "sr", "--scale", "2", "-o", out, *FAST)
+    r = run(folder, "--task", "sr", "--scale", "2", "--prior", "natural-gray", "-o", out, *FAST)
     assert r.exit_code == 1
     assert "2 restored, 0 already done, 3 failed" in r.output
     assert "failed: broken:" in r.output and "corrupt" in r.output
@@ -247,7 +250,7 @@ def test_batch_size_restores_files_together_with_the_same_measurements(tmp_path)
     assert r.exit_code == 2 and r.output.count("\n") == 1 and "--batch-size must be a positive integer" in r.output
 
 
-@pytest.mark.parametrize("task, expected", [("ct", "phantoms"), ("mri", "phantoms"), ("deblur", "natural-gray")])
+@pytest.mark.parametrize("task, expected", [("ct", "phantoms"), ("mri", "phantoms"), ("colorize", "natural-rgb")])
 def test_restore_default_prior_follows_the_task(tmp_path, monkeypatch, task, expected):
     import invdiff.priors
 

@@ -219,7 +219,7 @@ def test_cli_restores_volumes_dicom_and_low_dose_ct(tmp_path):
     from invdiff.cli import app
 
     def run(*args):
-        return CliRunner().invoke(app, ["restore", *map(str, args), "--steps", "2", "--samples", "1", "--quiet"])
+        return CliRunner().invoke(app, ["restore", *map(str, args), "--simulate", "--steps", "2", "--samples", "1", "--quiet"])
 
     vol = np.random.default_rng(0).random((32, 32, 3)).astype(np.float32)
     affine = np.diag([0.7, 0.8, 2.5, 1.0])

@@ -485,9 +485,14 @@ def test_mask_from_image(tmp_path) -> None:
     img[5, 4, 0] = 7
     path = tmp_path / "mask.png"
     io.imsave(path, img, check_contrast=False)
+    # default: nonzero = the region to fill (OpenCV, LaMa, diffusers), so the 3 nonzero pixels are unknown
     m = mask_from_image(path, shape=(1, 3, 6, 5))
-    assert m.shape == (1, 1, 6, 5) and m.sum() == 3 and m[0, 0, 5, 4] == 1
-    torch.testing.assert_close(mask_from_image(img[..., 0]), torch.as_tensor(img[..., 0] != 0).float()[None, None])
+    assert m.shape == (1, 1, 6, 5) and m.sum() == 30 - 3 and m[0, 0, 5, 4] == 0 and m[0, 0, 0, 0] == 1
+    k = mask_from_image(path, shape=(1, 3, 6, 5), nonzero="known")
+    assert k.sum() == 3 and k[0, 0, 5, 4] == 1
+    torch.testing.assert_close(mask_from_image(img[..., 0]), torch.as_tensor(img[..., 0] == 0).float()[None, None])
+    with pytest.raises(ValueError, match="nonzero must be"):
+        mask_from_image(img, nonzero="white")
     with pytest.raises(ValueError, match="is 6x5 .* but the image is 8x8"):
         mask_from_image(path, shape=(8, 8))
 

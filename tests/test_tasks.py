@@ -35,11 +35,13 @@ def test_inpaint_options():
 def test_inpaint_mask_file(tmp_path):
     from skimage import io
 
-    m = np.full((32, 32), 255, np.uint8)
-    m[:4] = 0
+    m = np.zeros((32, 32), np.uint8)
+    m[:4] = 255  # white = the region to fill
     io.imsave(tmp_path / "m.png", m, check_contrast=False)
     op = build_operator("inpaint", SHAPE, {"mask": str(tmp_path / "m.png")})
-    assert int((op.mask == 0).sum()) == 4 * 32
+    assert int((op.mask == 0).sum()) == 4 * 32 and int(op.mask[..., :4, :].sum()) == 0
+    io.imsave(tmp_path / "known.png", 255 - m, check_contrast=False)  # nonzero = known
+    assert torch.equal(build_operator("inpaint", SHAPE, {"mask_known": str(tmp_path / "known.png")}).mask, op.mask)
     with pytest.raises(ValueError, match="mask .*m.png"):
         build_operator("inpaint", (1, 1, 16, 16), {"mask": str(tmp_path / "m.png")})
 

@@ -30,7 +30,7 @@ from ..medical.ct import hu_to_unit, parse_window, unit_to_hu
 from ..io import Image, derived_series_uid, file_seed, find_inputs, pad_to_multiple, read_image, write_image
 from ..metrics import lpips, lpips_available, psnr, ssim
 from ..restore import check_method, restore
-from .tasks import build_operator, measurement_noise, operator_for, stack_operators
+from .tasks import build_operator, measured_operator, measurement_noise, operator_for, stack_operators
 from ..volume import restore_batch
 
 #: slices of a volume (NIfTI, multi-frame DICOM) restored per sampler call
@@ -79,7 +79,8 @@ def _write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-SIDECAR_VERSION = 1
+#: version 2: ``mask`` files mean white = fill (version 1: nonzero = known, read as ``mask_known``)
+SIDECAR_VERSION = 2
 
 
 def read_clean(path: Path, prior, device: torch.device | str = "cpu",
@@ -90,31 +91,79 @@ def read_clean(path: Path, prior, device: torch.device | str = "cpu",
 
 def read_clean_image(path: Path, prior, device: torch.device | str = "cpu", window: str | tuple[float, float] | None
                      = None) -> tuple[torch.Tensor, Image, tuple[float, float] | None]:  # fmt: skip
-    """``read_clean`` with the ``Image`` read and the HU window applied (``None`` if none).
+    """``read_clean`` with the ``Image`` read and its intensity mapping ``(lo, hi)`` (``None`` if none).
 
-    ``window`` (a name or ``(lo, hi)`` in HU, see ``invdiff.medical.ct``) maps values onto
-    ``[0, 1]``, clipping; CT DICOM files get the ``ct`` window (-1000..1000 HU) by default.
+    Values reach the prior's ``[0, 1]`` as ``(v - lo) / (hi - lo)`` (see :func:`intensity_window`):
+    CT in HU through ``window`` (a name or ``(lo, hi)``; CT DICOM: ``ct`` by default), clipped to
+    it; scans in other units (MR DICOM, NIfTI) through robust percentiles, unclipped.
     """
     image = read_image(path)
-    x = image.data.to(device)
-    if window is None and image.kind == "dicom" and str(getattr(image.meta["dataset"], "Modality", "")) == "CT":
-        window = "ct"
-    if window is not None:
-        window = parse_window(window)
-        x = hu_to_unit(x, window, clip=True)
+    x, window = to_unit(image, prior, window, device)
     channels = getattr(prior, "channels", x.shape[1])
     if x.shape[1] != channels:
-        fits = {1: "--prior natural-gray", 3: "--prior natural-rgb"}.get(x.shape[1], f"a {x.shape[1]}-channel prior")
         raise ValueError(f"{path}: image has {x.shape[1]} channel(s) but the prior models {channels}; use "
-                         f"{fits} or convert the image")  # fmt: skip
-    lo, hi = prior.data_range
-    if math.isfinite(lo) and (float(x.min()) < lo - 1e-3 or float(x.max()) > hi + 1e-3):
-        raise ValueError(f"{path}: values span [{float(x.min()):.3g}, {float(x.max()):.3g}] but the prior models "
-                         f"[{lo:g}, {hi:g}]; rescale the data first (or map HU with --window)")  # fmt: skip
+                         f"{_fitting_prior(x.shape[1])} or convert the image")  # fmt: skip
     return x, image, window
 
 
-def simulate(x: torch.Tensor, name: str, *, task: str, task_options: dict[str, Any], prior, sigma_y: float,
+def _fitting_prior(channels: int) -> str:
+    return {1: "--prior natural-gray", 3: "--prior natural-rgb"}.get(channels, f"a {channels}-channel prior")
+
+
+#: percentiles that map a scan in arbitrary units (MR, NIfTI) onto [0, 1]
+PERCENTILES = (0.5, 99.5)
+
+
+def intensity_window(image: Image, prior, window: str | tuple[float, float] | None = None) -> tuple[tuple[float, float] | None, bool]:
+    """``((lo, hi), clip)``: the affine map ``(v - lo) / (hi - lo)`` that takes ``image`` onto the prior's range.
+
+    * ``window`` given, or a CT DICOM (``ct`` window): HU, clipped to the window (``--window``);
+    * other DICOM and NIfTI scans (MR, PET, anything not in HU), and arrays whose values leave
+      the prior's range: the ``PERCENTILES`` of the values, not clipped, so the map is undone
+      exactly when the output is written back in the scan's units;
+    * images already in the prior's range (PNG, JPEG, 8/16-bit TIFF): ``None``.
+    """
+    x = image.data
+    if window is None and image.kind == "dicom" and str(getattr(image.meta["dataset"], "Modality", "")) == "CT":
+        window = "ct"
+    if window is None and image.kind == "nifti" and float(torch.quantile(x.flatten()[::97].double(), 0.005)) < -500:
+        window = "ct"  # a NIfTI CT in HU: air at -1000
+    if window is not None:
+        return parse_window(window), True
+    lo, hi = prior.data_range
+    inside = not math.isfinite(lo) or (float(x.min()) >= lo - 1e-3 and float(x.max()) <= hi + 1e-3)
+    if image.kind not in ("dicom", "nifti") and inside:
+        return None, False
+    if not math.isfinite(lo):
+        return None, False
+    v = x.double().flatten()
+    if v.numel() > 4_000_000:  # quantiles of a large volume from a regular subsample
+        v = v[:: v.numel() // 4_000_000 + 1]
+    p_lo, p_hi = (float(q) for q in torch.quantile(v, torch.tensor(PERCENTILES, dtype=v.dtype) / 100))
+    if not p_hi > p_lo:
+        p_lo, p_hi = float(v.min()), float(v.max())
+    if not p_hi > p_lo:
+        raise ValueError(f"{image.path}: every value is {p_lo:g}; there is nothing to restore")
+    # the scan's [p_lo, p_hi] onto the prior's [lo, hi]
+    span = (p_hi - p_lo) / (hi - lo)
+    return (p_lo - lo * span, p_lo - lo * span + span), False
+
+
+def to_unit(image: Image, prior, window: str | tuple[float, float] | None = None,
+            device: torch.device | str = "cpu") -> tuple[torch.Tensor, tuple[float, float] | None]:  # fmt: skip
+    """``image`` in the prior's units and the ``(lo, hi)`` that maps it there (``None``: as read)."""
+    x = image.data.to(device)
+    mapping, clip = intensity_window(image, prior, window)
+    if mapping is not None:
+        x = hu_to_unit(x, mapping, clip=clip)
+    lo, hi = prior.data_range
+    if math.isfinite(lo) and (float(x.min()) < lo - 1e-3 or float(x.max()) > hi + 1e-3) and mapping is None:
+        raise ValueError(f"{image.path}: values span [{float(x.min()):.3g}, {float(x.max()):.3g}] but the prior "
+                         f"models [{lo:g}, {hi:g}]; rescale the data first (or map HU with --window)")  # fmt: skip
+    return x, mapping
+
+
+def simulate_measurement(x: torch.Tensor, name: str, *, task: str, task_options: dict[str, Any], prior, sigma_y: float,
              seed: int) -> tuple[torch.Tensor, Any, Callable, dict[str, Any]]:  # fmt: skip
     """Pad ``x`` to what the prior needs (reflect), build the task's operator and draw ``y = A(x) + noise``.
 
@@ -134,9 +183,13 @@ def simulate(x: torch.Tensor, name: str, *, task: str, task_options: dict[str, A
 
 def operator_from_sidecar(sidecar: dict[str, Any], device: torch.device | str = "cpu"):
     """The operator and crop a sidecar describes."""
-    if sidecar.get("invdiff_sidecar") != SIDECAR_VERSION:
+    version = sidecar.get("invdiff_sidecar")
+    if version not in (1, SIDECAR_VERSION):
         raise ValueError("not an invdiff measurement sidecar (write measurements with 'invdiff degrade')")
-    op = build_operator(sidecar["task"], tuple(sidecar["image_shape"]), sidecar["options"], seed=sidecar["seed"])
+    options = dict(sidecar["options"])
+    if version == 1 and options.get("mask") is not None:  # version 1 mask files: nonzero = known
+        options["mask_known"] = options.pop("mask")
+    op = build_operator(sidecar["task"], tuple(sidecar["image_shape"]), options, seed=sidecar["seed"])
     h, w = sidecar["original_size"]
     return op.to(device), (lambda t: t[..., :h, :w])
 
@@ -181,35 +234,144 @@ class _Prepared:
     task: str
     sigma_y: float
     seed: int
-    image: Image | None = None  # the clean input as read (to write DICOM/NIfTI outputs like it)
-    window: tuple[float, float] | None = None  # HU window its values were mapped from
+    image: Image | None = None  # the input as read (to write DICOM/NIfTI outputs like it)
+    window: tuple[float, float] | None = None  # (lo, hi): its values v were mapped to (v - lo) / (hi - lo)
+    prior: Any = None  # the prior this file is restored with
+    mode: str = "simulate"  # "real" (the file is y), "simulate" (y made from it) or "measured" (degrade's .npy)
+    sigma_y_source: str = "given"  # "given" or "auto" (estimated from y)
 
     @property
     def noise(self) -> Any:
         return measurement_noise(self.op, self.sigma_y, self.sidecar.get("options"))
 
 
-def _prepare(path: Path, name: str, out: Path, *, task: str, task_options: dict[str, Any], prior, sigma_y: float,
-             seed: int, ground_truth: Path | None, device: torch.device, measured: bool, method: str | None = None,
-             window: str | tuple[float, float] | None = None) -> _Prepared:  # fmt: skip
-    """Read (or simulate) the measurement of one file and check its ground truth."""
+class PriorChoice:
+    """The shipped prior that fits each input: ``natural-gray`` for gray images, ``natural-rgb`` for RGB.
+
+    Loaded on first use and kept; ``names`` maps a channel count to a prior name.
+    """
+
+    def __init__(self, names: dict[int, str] | None = None, device: torch.device | str = "cpu") -> None:
+        self.names = names or {1: "natural-gray", 3: "natural-rgb"}
+        self.device = device
+        self._loaded: dict[str, Any] = {}
+
+    def for_channels(self, channels: int, task: str | None = None):
+        """The prior for ``channels``-channel outputs of ``task`` (``phantoms`` for ct and mri)."""
+        if task in ("ct", "mri"):
+            name = "phantoms"
+        elif channels in self.names:
+            name = self.names[channels]
+        else:
+            raise ValueError(f"no shipped prior models {channels}-channel images; convert to gray or RGB, "
+                             f"or pass --prior")  # fmt: skip
+        if name not in self._loaded:
+            from ..priors import load_prior
+
+            self._loaded[name] = load_prior(name).to(self.device)
+        return self._loaded[name]
+
+    def to(self, device: torch.device | str) -> "PriorChoice":
+        self.device = device
+        self._loaded = {c: p.to(device) for c, p in self._loaded.items()}
+        return self
+
+
+def prior_for(prior, channels: int, path: Path | None = None, task: str | None = None):
+    """The prior for ``task``'s outputs of ``channels``: chosen by :class:`PriorChoice`, or ``prior`` checked to fit."""
+    if isinstance(prior, PriorChoice):
+        return prior.for_channels(channels, task)
+    have = getattr(prior, "channels", channels)
+    if have != channels:
+        where = f"{path}: " if path is not None else ""
+        raise ValueError(f"{where}the output has {channels} channel(s) but the prior models {have}; use "
+                         f"{_fitting_prior(channels)}")  # fmt: skip
+    return prior
+
+
+def _read_truth(path: Path, device, window: tuple[float, float] | None, clip: bool) -> torch.Tensor:
+    truth = read_image(path).data.to(device)
+    return hu_to_unit(truth, window, clip=clip) if window is not None else truth
+
+
+def _prepare(path: Path, name: str, out: Path, *, task: str, task_options: dict[str, Any], prior,
+             sigma_y: float | str, seed: int, ground_truth: Path | None, device: torch.device, measured: bool,
+             method: str | None = None, window: str | tuple[float, float] | None = None,
+             simulate: bool = True) -> _Prepared:  # fmt: skip
+    """Read (or simulate) the measurement of one file and check its ground truth.
+
+    ``measured``: a ``.npy`` from ``invdiff degrade`` with its sidecar; ``simulate``: a clean
+    image to degrade; neither: the file is the measurement itself (:func:`_prepare_real`).
+    """
+    if not measured and not simulate:
+        return _prepare_real(path, name, out, task=task, task_options=task_options, prior=prior, sigma_y=sigma_y,
+                             seed=seed, ground_truth=ground_truth, device=device, method=method, window=window)  # fmt: skip
+    if sigma_y == "auto":
+        raise ValueError("--sigma-y auto estimates the noise of a real measurement; with --simulate or --measured "
+                         "give the noise level (e.g. --sigma-y 0.01)")  # fmt: skip
     truth_path = _truth_for(name, ground_truth)
     truth = read_image(truth_path).data.to(device) if truth_path else None
     image = None
     if measured:
         y, op, crop, sidecar = load_measurement(path, device)
         task, sigma_y = sidecar["task"], sidecar["sigma_y"]
+        out_channels = 3 if task == "colorize" else (y.shape[1] if task != "ct" else 1)
+        prior = prior_for(prior, out_channels, path, task)
     else:
+        first = read_image(path)
+        prior = prior_for(prior, first.data.shape[1], path, task)
         x, image, window = read_clean_image(path, prior, device, window)
-        y, op, crop, sidecar = simulate(x, name, task=task, task_options=task_options, prior=prior,
-                                        sigma_y=sigma_y, seed=seed)  # fmt: skip
+        y, op, crop, sidecar = simulate_measurement(x, name, task=task, task_options=task_options, prior=prior,
+                                                    sigma_y=float(sigma_y), seed=seed)  # fmt: skip
         truth = x if truth is None else truth
     h, w = sidecar["original_size"]
     if truth is not None and tuple(truth.shape[-2:]) != (h, w):
         raise ValueError(f"ground truth {truth_path} is {tuple(truth.shape[-2:])} but the image is {(h, w)}")
     op = operator_for(method, op) if method else op
-    return _Prepared(path, name, out, y, op, crop, sidecar, truth, truth_path, task, sigma_y, sidecar["seed"],
-                     image, window)  # fmt: skip
+    return _Prepared(path, name, out, y, op, crop, sidecar, truth, truth_path, task, float(sigma_y), sidecar["seed"],
+                     image, window, prior, "measured" if measured else "simulate")  # fmt: skip
+
+
+def _prepare_real(path: Path, name: str, out: Path, *, task: str, task_options: dict[str, Any], prior,
+                  sigma_y: float | str, seed: int, ground_truth: Path | None, device: torch.device,
+                  method: str | None = None, window: str | tuple[float, float] | None = None) -> _Prepared:  # fmt: skip
+    """The file is the measurement ``y`` of ``task`` (``invdiff.cli.tasks.measured_operator``)."""
+    from ..noise_level import estimate_sigma_y
+
+    image = read_image(path)
+    out_channels = 1 if task == "ct" else (3 if task == "colorize" else image.data.shape[1])
+    chosen = prior_for(prior, out_channels, path, task)
+    clip = False
+    if task == "ct":  # a sinogram: line integrals as 'invdiff degrade --task ct' writes them, not an image
+        if window is not None:
+            raise ValueError("--window maps a CT image's HU; a sinogram is read as it is (line integrals / ||A||)")
+        y, mapping = image.data.to(device), None
+    else:
+        y, mapping = to_unit(image, chosen, window, device)
+        clip = mapping is not None and intensity_window(image, chosen, window)[1]
+    alpha = image.meta.get("alpha_mask")
+    alpha = None if alpha is None else torch.from_numpy(alpha).to(device)
+    m = measured_operator(task, y, task_options, alpha=alpha)
+    source = "given"
+    if sigma_y == "auto":
+        sigma_y, source = estimate_sigma_y(m.y, m.op), "auto"
+    op = operator_for(method, m.op) if method else m.op
+    with torch.no_grad():
+        x_shape = tuple(m.op.x_shape(m.y))
+    s = file_seed(seed, name)
+    sidecar = {"task": task, "options": m.options, "seed": s, "sigma_y": float(sigma_y),
+               "image_shape": list(x_shape), "original_size": list(m.size),
+               "measurement_shape": list(m.y.shape)}  # fmt: skip
+    truth_path = _truth_for(name, ground_truth)
+    truth = None
+    if truth_path is not None:
+        truth = _read_truth(truth_path, device, mapping, clip)
+        want = (out_channels, *m.size)
+        if tuple(truth.shape[-3:]) != want:
+            raise ValueError(f"ground truth {truth_path} is {tuple(truth.shape[-3:])} (C, H, W) but the output is "
+                             f"{want}")  # fmt: skip
+    return _Prepared(path, name, out, m.y, op, m.crop, sidecar, truth, truth_path, task, float(sigma_y), s,
+                     image, mapping, chosen, "real", source)  # fmt: skip
 
 
 def _finish(p: _Prepared, mean: torch.Tensor, std: torch.Tensor, samples: torch.Tensor, *, method: str,
@@ -232,10 +394,16 @@ def _finish(p: _Prepared, mean: torch.Tensor, std: torch.Tensor, samples: torch.
     _save_npy(out / "measurement.npy", p.y)
     _write_like_input(p, mean, std)
     panels = [view(mean), view(std) / max(std_max, 1e-12)] + ([view(truth)] if truth is not None else [])
-    if list(p.y.shape) == sidecar["image_shape"]:
-        write_image(out / "measurement.png", view(crop(p.y)).clamp(0, 1))
-        panels.insert(0, view(crop(p.y)))
-    write_image(out / "comparison.png", torch.cat([q.clamp(0, 1) for q in panels], dim=-1))
+    shown = None  # the measurement as an image of the output's size, if it is one
+    if p.mode == "real":
+        shown = p.y if tuple(p.y.shape[-2:]) == (h, w) else None
+    elif list(p.y.shape) == sidecar["image_shape"]:
+        shown = crop(p.y)
+    if shown is not None:
+        write_image(out / "measurement.png", view(shown).clamp(0, 1))
+        panels.insert(0, view(shown))
+    c = mean.shape[1]
+    write_image(out / "comparison.png", torch.cat([q.clamp(0, 1).expand(-1, c, -1, -1) for q in panels], dim=-1))
     if save_samples:
         for k in range(samples.shape[0]):
             write_image(out / "samples" / f"sample_{k}.png", view(crop(samples[k])).clamp(0, 1))
@@ -244,8 +412,11 @@ def _finish(p: _Prepared, mean: torch.Tensor, std: torch.Tensor, samples: torch.
         "name": p.name, "input": str(p.path), "task": p.task, "method": method, "steps": steps,
         "samples": int(samples.shape[0]), "sigma_y": p.sigma_y, "nfe": nfe, "seconds": round(seconds, 3),
         "std_max": std_max, "std_mean": float(std.mean()),
-        "truth": str(p.truth_path) if p.truth_path else ("none" if measured else "input"),
+        "truth": str(p.truth_path) if p.truth_path else ("input" if p.mode == "simulate" else "none"),
+        "mode": p.mode, "sigma_y_source": p.sigma_y_source, "output_size": [h, w],
     }  # fmt: skip
+    if p.window is not None:
+        row["intensity_window"] = list(p.window)  # values v were restored as (v - lo) / (hi - lo)
     if batched > 1:
         row["batched_with"] = batched  # seconds: the batch's time divided by its images
     if truth is not None:  # a volume: PSNR over all its voxels, SSIM and LPIPS averaged over its slices
@@ -280,54 +451,127 @@ def _write_like_input(p: _Prepared, mean: torch.Tensor, std: torch.Tensor) -> No
 
 
 def restore_one(path: Path, name: str, out: Path, *, task: str, task_options: dict[str, Any], prior,
-                method: str, steps: int | None, sigma_y: float, samples: int, seed: int,
+                method: str | None, steps: int | None, sigma_y: float | str, samples: int | None, seed: int,
                 ground_truth: Path | None, save_samples: bool, device: torch.device, measured: bool = False,
                 callback: Callable[[dict], None] | None = None, knobs: dict[str, Any] | None = None,
-                window: str | tuple[float, float] | None = None) -> dict[str, Any]:  # fmt: skip
+                window: str | tuple[float, float] | None = None, simulate: bool = True,
+                max_memory: int | None = None) -> dict[str, Any]:  # fmt: skip
     """Restore one file into ``out``; returns its metrics row.
 
-    ``measured``: ``path`` is a measurement written by ``invdiff degrade`` (its
-    sidecar gives the task, options, seed and ``sigma_y``); otherwise ``path`` is
-    a clean image whose measurement is simulated.
+    ``measured``: ``path`` is a measurement written by ``invdiff degrade`` (its sidecar
+    gives the task, options, seed and ``sigma_y``); ``simulate``: ``path`` is a clean image
+    whose measurement is simulated; neither: ``path`` is the measurement itself.
     """
     p = _prepare(path, name, out, task=task, task_options=task_options, prior=prior, sigma_y=sigma_y, seed=seed,
-                 ground_truth=ground_truth, device=device, measured=measured, method=method, window=window)  # fmt: skip
-    result = restore_batch(p.y, p.op, prior, batch_size=VOLUME_BATCH, method=method, steps=steps, sigma_y=p.sigma_y,
-                           noise=p.noise, samples=samples, seed=p.seed, callback=callback, **(knobs or {}))  # fmt: skip
-    return _finish(p, result.mean, result.std, result.samples, method=method, steps=result.steps, nfe=result.nfe,
-                   seconds=result.seconds, save_samples=save_samples, measured=measured)  # fmt: skip
+                 ground_truth=ground_truth, device=device, measured=measured, method=None, window=window,
+                 simulate=simulate)  # fmt: skip
+    return _run(p, method=method, steps=steps, samples=samples, save_samples=save_samples, callback=callback,
+                knobs=knobs, max_memory=max_memory)  # fmt: skip
 
 
-def _restore_group(group: list[_Prepared], *, prior, method: str, steps: int | None, samples: int,
-                   save_samples: bool, measured: bool, callback, knobs) -> list[dict[str, Any]] | None:  # fmt: skip
+def default_method(task: str, mode: str) -> str:
+    """The method a task runs without ``--method``: DDRM, except DiffPIR for measured photos' deblurring.
+
+    A real photo's blur is a 'valid' convolution (``measured_operator``), which has no SVD,
+    so DDRM cannot run on it; DiffPIR needs only the operator and its adjoint.
+    """
+    return "diffpir" if (task == "deblur" and mode == "real") else "ddrm"
+
+
+def plan(p: _Prepared, method: str | None, steps: int | None, samples: int | None,
+         max_memory: int | None = None) -> tuple[str, int, int, Any]:  # fmt: skip
+    """``(method, steps, samples, op)`` for one prepared file.
+
+    Without ``method`` the task's default runs (:func:`default_method`), or, when its
+    predicted memory exceeds ``max_memory`` (default: half the machine's), the first method
+    that fits (``invdiff.memory``); a method the user named that does not fit is a one-line
+    error naming those that do.  Steps and samples not given are chosen so the restoration
+    takes about a minute on a 2-core CPU (``invdiff.memory.default_steps_samples``).
+    """
+    from ..memory import check_memory, default_cap, default_steps_samples, fitting_methods
+
+    cap = default_cap() if max_memory is None else int(max_memory)
+    x_shape = tuple(p.sidecar["image_shape"])
+    chosen = method or default_method(p.task, p.mode)
+    n_samples = samples
+    if method is None:
+        try:
+            check_method(chosen, operator_for(chosen, p.op), p.y)
+            check_memory(chosen, p.op, x_shape, p.prior, samples=samples or 2, cap=cap)
+        except ValueError:
+            fits = fitting_methods(p.op, p.y, x_shape, p.prior, samples=samples or 2, cap=cap)
+            if not fits:
+                raise
+            chosen = fits[0]
+    auto_steps, auto_samples = default_steps_samples(chosen, x_shape, p.prior)
+    n_steps = auto_steps if steps is None else steps
+    n_samples = auto_samples if samples is None else samples
+    op = operator_for(chosen, p.op)
+    check_method(chosen, op, p.y)
+    check_memory(chosen, p.op, x_shape, p.prior, samples=n_samples, cap=cap)
+    return chosen, n_steps, n_samples, op
+
+
+def _with_steps(callback: Callable[[dict], None] | None, steps: int) -> Callable[[dict], None] | None:
+    """``callback`` with the file's number of steps in each report (``"steps"``)."""
+    if callback is None:
+        return None
+    return lambda info: callback({**info, "steps": steps})
+
+
+def _run(p: _Prepared, *, method: str | None, steps: int | None, samples: int | None, save_samples: bool,
+         callback, knobs, max_memory: int | None = None) -> dict[str, Any]:  # fmt: skip
+    """Restore one prepared file (a volume in chunks of slices) and write it."""
+    m, n_steps, n_samples, op = plan(p, method, steps, samples, max_memory)
+    result = restore_batch(p.y, op, p.prior, batch_size=VOLUME_BATCH, method=m, steps=n_steps,
+                           sigma_y=p.sigma_y, noise=p.noise, samples=n_samples, seed=p.seed,
+                           callback=_with_steps(callback, n_steps), **(knobs or {}))  # fmt: skip
+    return _finish(p, result.mean, result.std, result.samples, method=m, steps=result.steps, nfe=result.nfe,
+                   seconds=result.seconds, save_samples=save_samples, measured=p.mode == "measured")  # fmt: skip
+
+
+def _restore_group(group: list[_Prepared], *, method: str | None, steps: int | None, samples: int | None,
+                   save_samples: bool, callback, knobs, max_memory: int | None = None) -> list[dict[str, Any]] | None:  # fmt: skip
     """Restore files whose operators stack into one batch in a single ``restore`` call; ``None`` if they don't."""
     op = stack_operators([p.op for p in group])
-    if op is None or any(p.y.shape[0] != 1 for p in group):  # volumes go one by one, in chunks of slices
-        return None
+    if op is None or any(p.y.shape[0] != 1 for p in group) or any(p.prior is not group[0].prior for p in group):
+        return None  # volumes go one by one, in chunks of slices
+    m, n_steps, n_samples, _ = plan(group[0], method, steps, samples, max_memory)
+    op = operator_for(m, op)
     y = torch.cat([p.y for p in group])
-    result = restore(y, op, prior, method=method, steps=steps, sigma_y=group[0].sigma_y, noise=group[0].noise,
-                     samples=samples, seed=group[0].seed, callback=callback, **(knobs or {}))  # fmt: skip
+    result = restore(y, op, group[0].prior, method=m, steps=n_steps, sigma_y=group[0].sigma_y, noise=group[0].noise,
+                     samples=n_samples, seed=group[0].seed, callback=_with_steps(callback, n_steps),
+                     **(knobs or {}))  # fmt: skip
     n = len(group)
     return [
-        _finish(p, result.mean[b : b + 1], result.std[b : b + 1], result.samples[:, b : b + 1], method=method,
+        _finish(p, result.mean[b : b + 1], result.std[b : b + 1], result.samples[:, b : b + 1], method=m,
                 steps=result.steps, nfe=result.nfe, seconds=result.seconds / n, save_samples=save_samples,
-                measured=measured, batched=n)  # fmt: skip
+                measured=p.mode == "measured", batched=n)  # fmt: skip
         for b, p in enumerate(group)
     ]
 
 
 def restore_files(inputs: list[str], output: str | Path, *, task: str, task_options: dict[str, Any], prior,
-                  method: str = "ddrm", steps: int | None = None, sigma_y: float = 0.01, samples: int = 4,
-                  seed: int = 0, ground_truth: str | Path | None = None, overwrite: bool = False,
-                  save_samples: bool = False, device: str | torch.device = "cpu",
+                  method: str | None = None, steps: int | None = None, sigma_y: float | str = 0.01,
+                  samples: int | None = None, seed: int = 0, ground_truth: str | Path | None = None,
+                  overwrite: bool = False, save_samples: bool = False, device: str | torch.device = "cpu",
                   on_file: Callable[[str, str, dict | None], None] | None = None,
                   callback: Callable[[dict], None] | None = None, knobs: dict[str, Any] | None = None,
                   measured: bool = False, batch_size: int = 1,
-                  window: str | tuple[float, float] | None = None) -> BatchReport:  # fmt: skip
+                  window: str | tuple[float, float] | None = None, simulate: bool = True,
+                  max_memory: int | None = None) -> BatchReport:  # fmt: skip
     """Restore every input file; see the module docstring.  ``on_file(name, status, row)`` reports progress.
 
+    ``prior``: a prior, or a :class:`PriorChoice` that picks one per file by its channels.
+
+    ``simulate`` (the default here, for evaluation): inputs are clean images, degraded by the
+    task's operator and scored against themselves.  ``simulate=False``: each input is the
+    measurement itself (a blurry, small, damaged or noisy photo, a sinogram), scored only
+    against ``ground_truth``; ``sigma_y="auto"`` estimates its noise.
     ``measured``: inputs are ``.npy`` measurements from :func:`degrade_files` (task, options
     and ``sigma_y`` then come from each sidecar).
+
+    ``method``, ``steps``, ``samples``: ``None`` picks them per file (:func:`plan`).
 
     ``batch_size``: up to this many files go through one ``restore`` call when their
     measurements have one shape and their operators stack (:func:`~invdiff.cli.tasks.stack_operators`);
@@ -348,7 +592,7 @@ def restore_files(inputs: list[str], output: str | Path, *, task: str, task_opti
     if gt is not None and not gt.exists():
         raise ValueError(f"--ground-truth {gt} does not exist")
     prior = prior.to(device)
-    _probe(files, task, task_options, method, prior, measured)
+    _probe(files, task, task_options, method, prior, measured, simulate)
     report = BatchReport()
     # Under torchrun each rank takes every world-th file; rank 0 merges the run's metrics.
     pending: list[tuple[Path, str]] = []
@@ -373,38 +617,27 @@ def restore_files(inputs: list[str], output: str | Path, *, task: str, task_opti
         if on_file:
             on_file(name, "done", row)
 
-    common = dict(prior=prior, method=method, steps=steps, samples=samples, save_samples=save_samples,
-                  measured=measured, callback=callback, knobs=knobs)  # fmt: skip
+    run = dict(method=method, steps=steps, samples=samples, save_samples=save_samples, callback=callback,
+               knobs=knobs, max_memory=max_memory)  # fmt: skip
     for start in range(0, len(pending), batch_size):
         chunk = pending[start : start + batch_size]
-        if batch_size == 1:
-            path, name = chunk[0]
-            try:
-                row = restore_one(path, name, out / name, task=task, task_options=task_options, prior=prior,
-                                  method=method, steps=steps, sigma_y=sigma_y, samples=samples, seed=seed,
-                                  ground_truth=gt, save_samples=save_samples, device=device, measured=measured,
-                                  callback=callback, knobs=knobs, window=window)  # fmt: skip
-            except (ValueError, FileNotFoundError, OSError) as e:
-                failed(name, e)
-                continue
-            finished(name, row)
-            continue
         # Prepare the chunk, then restore files of one measurement shape and noise level together.
         groups: dict[tuple, list[_Prepared]] = {}
         for path, name in chunk:
             try:
                 p = _prepare(path, name, out / name, task=task, task_options=task_options, prior=prior,
                              sigma_y=sigma_y, seed=seed, ground_truth=gt, device=device, measured=measured,
-                             method=method, window=window)  # fmt: skip
+                             window=window, simulate=simulate)  # fmt: skip
             except (ValueError, FileNotFoundError, OSError) as e:
                 failed(name, e)
                 continue
-            groups.setdefault((tuple(p.y.shape), tuple(p.sidecar["image_shape"]), p.sigma_y, p.task), []).append(p)
+            key = (tuple(p.y.shape), tuple(p.sidecar["image_shape"]), p.sigma_y, p.task, id(p.prior))
+            groups.setdefault(key, []).append(p)
         for group in groups.values():
             rows = None
             if len(group) > 1:
                 try:
-                    rows = _restore_group(group, **common)
+                    rows = _restore_group(group, **run)
                 except (ValueError, OSError):
                     rows = None  # restore them one by one below, so each file's own error is reported
             if rows is not None:
@@ -413,12 +646,7 @@ def restore_files(inputs: list[str], output: str | Path, *, task: str, task_opti
                 continue
             for p in group:
                 try:
-                    result = restore_batch(p.y, p.op, prior, batch_size=VOLUME_BATCH, method=method, steps=steps,
-                                           sigma_y=p.sigma_y, noise=p.noise, samples=samples, seed=p.seed,
-                                           callback=callback, **(knobs or {}))  # fmt: skip
-                    row = _finish(p, result.mean, result.std, result.samples, method=method, steps=result.steps,
-                                  nfe=result.nfe, seconds=result.seconds, save_samples=save_samples,
-                                  measured=measured)  # fmt: skip
+                    row = _run(p, **run)
                 except (ValueError, FileNotFoundError, OSError) as e:
                     failed(p.name, e)
                     continue
@@ -470,30 +698,39 @@ def _gather(report: BatchReport) -> BatchReport:
     return merged
 
 
-def _probe(files: list[Path], task: str, task_options: dict[str, Any], method: str, prior,
-           measured: bool = False) -> None:  # fmt: skip
+def _probe(files: list[Path], task: str, task_options: dict[str, Any], method: str | None, prior,
+           measured: bool = False, simulate: bool = True) -> None:  # fmt: skip
     """Fail once, before any work, if the task's options or the method cannot work for these inputs.
 
     The operator is built for the first readable input (a mask or kernel that does
     not fit it, or a method the operator does not support, stops the run); files
     that cannot be read are left to the per-file loop, which reports them.
     """
+    from .tasks import check_measured_options
+
+    if not measured and not simulate:
+        check_measured_options(task, task_options)
     for path in files:
         try:
             if measured:
                 y, op, _, _ = load_measurement(path)
             else:
-                x = read_image(path).data
+                image = read_image(path)
+                x = image.data
         except (ValueError, FileNotFoundError, OSError):
             continue
-        if not measured:
+        if not measured and not simulate:
+            alpha = image.meta.get("alpha_mask")
+            m = measured_operator(task, x[:1], task_options, alpha=None if alpha is None else torch.from_numpy(alpha))
+            y, op = m.y, m.op
+        elif not measured:
             factor = getattr(prior, "factor", 1) * (int(task_options.get("scale") or 4) if task == "sr" else 1)
             xp, _ = pad_to_multiple(x[:1], factor)
             op = build_operator(task, tuple(xp.shape), task_options)
             with torch.no_grad():
                 y = op(xp)
-        op = operator_for(method, op)
-        check_method(method, op, y)
+        if method is not None:
+            check_method(method, operator_for(method, op), y)
         return
 
 
@@ -514,9 +751,10 @@ def degrade_files(inputs: list[str], output: str | Path, *, task: str, task_opti
                 on_file(name, "skipped", None)
             continue
         try:
-            x = read_clean(path, prior, window=window)
-            y, _, _, sidecar = simulate(x, name, task=task, task_options=task_options, prior=prior,
-                                        sigma_y=sigma_y, seed=seed)  # fmt: skip
+            chosen = prior_for(prior, read_image(path).data.shape[1], path, task)
+            x = read_clean(path, chosen, window=window)
+            y, _, _, sidecar = simulate_measurement(x, name, task=task, task_options=task_options, prior=chosen,
+                                                    sigma_y=sigma_y, seed=seed)  # fmt: skip
         except (ValueError, FileNotFoundError, OSError) as e:
             report.failed[name] = str(e).splitlines()[0] if str(e) else type(e).__name__
             if on_file:

@@ -12,21 +12,30 @@ from typing import Annotated, NoReturn, Optional
 import typer
 
 # Task options, shared by restore and degrade (see invdiff.cli.tasks).
-RandomMask = Annotated[Optional[float], typer.Option(help="inpaint: fraction of pixels missing (default 0.7).")]
-Box = Annotated[Optional[int], typer.Option(help="inpaint: side of a centred missing square.")]
-MaskFile = Annotated[Optional[str], typer.Option(help="inpaint: mask image (nonzero = known).")]
-Kernel = Annotated[Optional[str], typer.Option(help="deblur: gaussian:SIGMA | motion:SIZE,INTENSITY | FILE.")]
+RandomMask = Annotated[Optional[float], typer.Option(
+    help="inpaint, --simulate: fraction of pixels missing (default 0.7).")]
+Box = Annotated[Optional[int], typer.Option(help="inpaint, --simulate: side of a centred missing square.")]
+MaskFile = Annotated[Optional[str], typer.Option(
+    help="inpaint: mask image sized like the input, white/nonzero = the region to fill.")]
+MaskKnown = Annotated[Optional[str], typer.Option(
+    "--mask-known", help="inpaint: mask image sized like the input, nonzero = the known pixels.")]
+Kernel = Annotated[Optional[str], typer.Option(
+    help="deblur: gaussian:SIGMA | FILE (image or .npy) | motion:SIZE,INTENSITY (random; --simulate only).")]
 Scale = Annotated[Optional[int], typer.Option(help="sr: factor (default 4).")]
 Filter = Annotated[Optional[str], typer.Option(help="sr: bicubic or box.")]
-Angles = Annotated[Optional[int], typer.Option(help="ct: number of views.")]
+Angles = Annotated[Optional[int], typer.Option(help="ct, --simulate: number of views.")]
+ImageSize = Annotated[Optional[int], typer.Option(
+    help="ct, measured sinogram: side of the image (default: the largest the detectors cover).")]
 Arc = Annotated[Optional[float], typer.Option(help="ct: degrees the views span (default 180; less: limited angle).")]
-Dose = Annotated[Optional[float], typer.Option(help="ct: low dose, photons per detector bin (Poisson; dps, score_ald).")]
+Dose = Annotated[Optional[float], typer.Option(
+    help="ct, --simulate: low dose, photons per detector bin (Poisson; dps, score_ald).")]
 Window = Annotated[Optional[str], typer.Option(
     help="HU window onto the prior's [0, 1]: ct, soft-tissue, lung, bone, brain or LO,HI (CT DICOM: ct).")]
-Acceleration = Annotated[Optional[float], typer.Option(help="mri: undersampling factor.")]
-CenterFraction = Annotated[Optional[float], typer.Option(help="mri: fraction of central columns always measured.")]
-MaskKind = Annotated[Optional[str], typer.Option(help="mri: column mask, random or equispaced.")]
-Coils = Annotated[Optional[int], typer.Option(help="mri: receive coils (over 1: simulated sensitivities).")]
+Acceleration = Annotated[Optional[float], typer.Option(help="mri, --simulate: undersampling factor.")]
+CenterFraction = Annotated[Optional[float], typer.Option(
+    help="mri, --simulate: fraction of central columns always measured.")]
+MaskKind = Annotated[Optional[str], typer.Option(help="mri, --simulate: column mask, random or equispaced.")]
+Coils = Annotated[Optional[int], typer.Option(help="mri, --simulate: receive coils (over 1: simulated sensitivities).")]
 
 
 app = typer.Typer(
@@ -204,9 +213,44 @@ def train_latent_cmd(
                f"U-Net steps in {minutes:.1f} min, loss {info['final_loss']:.4f}; prior written to {output}")  # fmt: skip
 
 
-def default_prior(task: str | None) -> str:
-    """The shipped prior a task uses unless --prior says otherwise: phantoms for CT and MRI."""
-    return "phantoms" if task in ("ct", "mri") else "natural-gray"
+def default_prior(task: str | None, channels: int = 1) -> str:
+    """The shipped prior a task uses unless --prior says otherwise: phantoms for CT and MRI, else by channels."""
+    if task in ("ct", "mri"):
+        return "phantoms"
+    return "natural-rgb" if channels == 3 or task == "colorize" else "natural-gray"
+
+
+def _prior_option(prior: str | None, task: str | None):
+    """``--prior``: the named prior, or (not given) the shipped prior that fits each input's channels."""
+    from .batch import PriorChoice
+    from ..priors import load_prior
+
+    if prior is None:
+        if task in ("ct", "mri"):
+            prior = "phantoms"
+        elif task == "colorize":
+            prior = "natural-rgb"
+        else:
+            return PriorChoice()
+    try:
+        return load_prior(prior)
+    except (ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+
+
+def _sigma_y_option(text: str | None, real: bool) -> float | str:
+    """``--sigma-y``: a number, or ``auto`` (the default for measured inputs; 0.01 when simulating)."""
+    if text is None:
+        return "auto" if real else 0.01
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        _fail(f"--sigma-y takes a noise std in data units (e.g. 0.01) or 'auto', got {text!r}")
+    if not value >= 0:
+        _fail(f"--sigma-y must be >= 0, got {text}")
+    return value
 
 
 @app.command()
@@ -236,72 +280,96 @@ def demo(
 
 @app.command("restore")
 def restore_cmd(
-    inputs: list[str] = typer.Argument(..., help="Image files, folders or globs."),
+    inputs: list[str] = typer.Argument(..., help="Image files, folders or globs: the measurements to restore."),
     task: Optional[str] = typer.Option(None, help="inpaint, deblur, sr, denoise, colorize, mri, ct (not with --measured)."),
     output: Path = typer.Option(Path("invdiff-out"), "--output", "-o", help="Output folder."),
+    simulate: bool = typer.Option(
+        False, "--simulate", help="Evaluate: inputs are clean images; degrade them, restore, score against them."),
     random_mask: RandomMask = None,
     box: Box = None,
     mask: MaskFile = None,
+    mask_known: MaskKnown = None,
     kernel: Kernel = None,
     scale: Scale = None,
     filter: Filter = None,
     angles: Angles = None,
     arc: Arc = None,
+    image_size: ImageSize = None,
     dose: Dose = None,
     window: Window = None,
     acceleration: Acceleration = None,
     center_fraction: CenterFraction = None,
     mask_kind: MaskKind = None,
     coils: Coils = None,
-    sigma_y: float = typer.Option(0.01, help="Measurement noise std (data units) used to simulate and restore."),
+    sigma_y: Optional[str] = typer.Option(
+        None, help="Measurement noise std (data units) or 'auto' (estimated from each input; the default). "
+                   "With --simulate the noise added (default 0.01)."),
     prior: Optional[str] = typer.Option(
-        None, help="Shipped prior name or a path (default: phantoms for --task ct/mri, else natural-gray)."),
-    method: str = typer.Option("ddrm", help="Sampler: " + ", ".join(["ddrm", "dps", "pigdm", "ddnm", "diffpir",
-                                                                      "repaint", "score_ald", "daps"])),
-    steps: Optional[int] = typer.Option(None, help="Noise levels (default: the method's)."),
-    samples: int = typer.Option(4, help="Posterior samples per image."),
+        None, help="Shipped prior name or a path (default: natural-gray / natural-rgb by the input's channels, "
+                   "natural-rgb for colorize, phantoms for ct and mri)."),
+    method: Optional[str] = typer.Option(None, help="Sampler: " + ", ".join(["ddrm", "dps", "pigdm", "ddnm",
+                                                                             "diffpir", "repaint", "score_ald",
+                                                                             "daps"])
+                                         + " (default: ddrm; diffpir for measured photos' deblurring)."),
+    steps: Optional[int] = typer.Option(None, help="Noise levels (default: about a minute's worth per image)."),
+    samples: Optional[int] = typer.Option(None, help="Posterior samples per image (default 2; the std is over them)."),
+    max_memory: Optional[str] = typer.Option(
+        None, help="Refuse (or, without --method, avoid) methods predicted to need more, e.g. 8G "
+                   "(default: half the machine's memory)."),
     seed: int = typer.Option(0, help="Seed (per-file seeds derive from it and the file name)."),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ..."),
     batch_size: int = typer.Option(
         1, help="Images per sampler call (same size, stackable operators); a batch's noise comes from its first file."
     ),
-    ground_truth: Optional[Path] = typer.Option(None, help="Clean image file or folder (matched by name)."),
+    ground_truth: Optional[Path] = typer.Option(
+        None, help="Clean image file or folder (matched by name): PSNR/SSIM/LPIPS are reported against it."),
     save_samples: bool = typer.Option(False, help="Also write every posterior sample."),
     overwrite: bool = typer.Option(False, help="Redo files whose outputs already exist."),
     measured: bool = typer.Option(False, help="Inputs are measurements from 'invdiff degrade' (.npy + .json)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the summary line."),
 ) -> None:
-    """Restore each input: simulate its measurement with the task's operator, or read it (--measured)."""
+    """Restore each input: the file is the measurement (a blurry, small, damaged or noisy photo, a sinogram).
+
+    --simulate evaluates instead: clean inputs are degraded by the task, restored and scored against themselves.
+    Without it, PSNR/SSIM/LPIPS are reported only against --ground-truth.
+    """
     from .batch import restore_files, summarise
     from ..devices import resolve_device
+    from ..memory import parse_memory
     from ..methods import METHODS
-    from ..priors import load_prior
 
+    given = dict(random_mask=random_mask, box=box, mask=mask, mask_known=mask_known, kernel=kernel, scale=scale,
+                 filter=filter, angles=angles, arc=arc, image_size=image_size, dose=dose,
+                 acceleration=acceleration, center_fraction=center_fraction, mask_kind=mask_kind, coils=coils)  # fmt: skip
     if measured:
-        flags = {"--task": task, "--random-mask": random_mask, "--box": box, "--mask": mask, "--kernel": kernel,
-                 "--scale": scale, "--filter": filter, "--angles": angles, "--acceleration": acceleration,
-                 "--center-fraction": center_fraction, "--mask-kind": mask_kind, "--coils": coils}  # fmt: skip
-        flags.update({"--arc": arc, "--dose": dose, "--window": window})
-        given = [k for k, v in flags.items() if v is not None]
-        if given:
-            _fail(f"{', '.join(given)} cannot be used with --measured: the sidecars describe the operator")
+        flags = {"--task": task, "--window": window, "--simulate": simulate or None}
+        flags.update({"--" + k.replace("_", "-"): v for k, v in given.items()})
+        used = [k for k, v in flags.items() if v is not None]
+        if used:
+            _fail(f"{', '.join(used)} cannot be used with --measured: the sidecars describe the operator")
     elif task is None:
         _fail("--task is required (or --measured for measurements written by 'invdiff degrade')")
-    options = {} if measured else _task_options(task, random_mask=random_mask, box=box, mask=mask, kernel=kernel, scale=scale,
-                            filter=filter, angles=angles, arc=arc, dose=dose, acceleration=acceleration,
-                            center_fraction=center_fraction, mask_kind=mask_kind, coils=coils)  # fmt: skip
+    options = {} if measured else _task_options(task, **given)
+    if not measured and not simulate:
+        from .tasks import check_measured_options
+
+        try:
+            check_measured_options(task, options)
+        except ValueError as e:
+            _fail(str(e))
     _check_window(window)
-    if method not in METHODS:
+    if method is not None and method not in METHODS:
         _fail(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    for flag, value in (("--steps", steps), ("--samples", samples)):
+        if value is not None and value < 1:
+            _fail(f"{flag} must be at least 1, got {value}")
     try:
         resolve_device(device)
+        cap = None if max_memory is None else parse_memory(max_memory)
     except ValueError as e:
-        _fail(f"--device: {e}")
-    prior = prior or default_prior(task)
-    try:
-        p = load_prior(prior)
-    except (ValueError, FileNotFoundError) as e:
         _fail(str(e))
+    noise = _sigma_y_option(sigma_y, real=not (simulate or measured))
+    p = _prior_option(prior, None if measured else task)
 
     h5 = [i for i in inputs if i.lower().endswith((".h5", ".hdf5"))]
     if h5:  # fastMRI k-space: reconstructed slice by slice (invdiff.medical.mri)
@@ -309,11 +377,13 @@ def restore_cmd(
             _fail("HDF5 k-space inputs (.h5) need --task mri and cannot be mixed with image files")
         from ..medical.mri import restore_h5_files
 
+        if noise == "auto":
+            noise = 0.01  # k-space is not an image: its noise is not estimated (give --sigma-y)
         say = None if quiet else lambda n, st, row: typer.echo(f"{st:8s} {n}")
         try:
-            rep = restore_h5_files(h5, output, prior=p, task_options=options, method=method, steps=steps,
-                                   sigma_y=sigma_y, samples=samples, seed=seed, overwrite=overwrite, device=device,
-                                   on_file=say)  # fmt: skip
+            rep = restore_h5_files(h5, output, prior=p, task_options=options, method=method or "ddrm", steps=steps,
+                                   sigma_y=noise, samples=samples or 4, seed=seed, overwrite=overwrite,
+                                   device=device, on_file=say)  # fmt: skip
         except (ValueError, FileNotFoundError) as e:
             _fail(str(e))
         for name, why in rep["failed"].items():
@@ -338,7 +408,7 @@ def restore_cmd(
         n_files = len(find_inputs(inputs))
     except (ValueError, FileNotFoundError) as e:
         _fail(str(e))
-    n_steps = steps or METHODS[method].steps
+    n_steps = steps or (METHODS[method].steps if method else 20)  # refined by each file's first report
     console = Console(stderr=True)
     bars = Progress(TextColumn("{task.description:>8}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     TimeRemainingColumn(), console=console, disable=quiet, transient=True)  # fmt: skip
@@ -354,21 +424,26 @@ def restore_cmd(
             ticker.next_file()
         if not quiet:
             detail = f"PSNR {row['psnr']:.2f} dB, SSIM {row['ssim']:.3f}, " if row and "psnr" in row else ""
-            took = f"{row['seconds']:.1f} s" if row else ""
+            if row and row.get("sigma_y_source") == "auto":
+                detail += f"sigma_y {row['sigma_y']:.4f} (estimated), "
+            took = f"{row['method']} {row['steps']} steps x {row['samples']}, {row['seconds']:.1f} s" if row else ""
             bars.console.print(f"{status:8s} {name} {detail}{took}".rstrip())
 
     def on_step(info: dict) -> None:
-        bars.update(sampling, completed=min(int(info["i"]) + 1, n_steps))
+        total = int(info.get("steps", n_steps))
+        bars.update(sampling, completed=min(int(info["i"]) + 1, total), total=total)
         if ticker is not None:
+            ticker.n_steps = total
             ticker.step(int(info["i"]) + 1)
 
     try:
         with bars:
             report = restore_files(inputs, output, task=task or "", task_options=options, prior=p, method=method,
-                                   steps=steps, sigma_y=sigma_y, samples=samples, seed=seed,
+                                   steps=steps, sigma_y=noise, samples=samples, seed=seed,
                                    ground_truth=ground_truth, overwrite=overwrite, save_samples=save_samples,
                                    device=device, on_file=on_file, measured=measured, callback=on_step,
-                                   batch_size=batch_size, window=window)  # fmt: skip
+                                   batch_size=batch_size, window=window, simulate=simulate,
+                                   max_memory=cap)  # fmt: skip
     except (ValueError, FileNotFoundError) as e:
         _fail(str(e))
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun rank 0 speaks for the run
@@ -426,6 +501,7 @@ def degrade(
     random_mask: RandomMask = None,
     box: Box = None,
     mask: MaskFile = None,
+    mask_known: MaskKnown = None,
     kernel: Kernel = None,
     scale: Scale = None,
     filter: Filter = None,
@@ -446,15 +522,13 @@ def degrade(
 ) -> None:
     """Make measurements from clean images: NAME.npy plus a NAME.json sidecar describing the operator."""
     from .batch import degrade_files
-    from ..priors import load_prior
 
-    options = _task_options(task, random_mask=random_mask, box=box, mask=mask, kernel=kernel, scale=scale,
-                            filter=filter, angles=angles, arc=arc, dose=dose, acceleration=acceleration,
+    options = _task_options(task, random_mask=random_mask, box=box, mask=mask, mask_known=mask_known,
+                            kernel=kernel, scale=scale, filter=filter, angles=angles, arc=arc, dose=dose, acceleration=acceleration,
                             center_fraction=center_fraction, mask_kind=mask_kind, coils=coils)  # fmt: skip
     _check_window(window)
-    prior = prior or default_prior(task)
+    p = _prior_option(prior, task)
     try:
-        p = load_prior(prior)
         report = degrade_files(inputs, output, task=task, task_options=options, prior=p, sigma_y=sigma_y,
                                seed=seed, overwrite=overwrite, window=window,
                                on_file=None if quiet else lambda n, st, _: typer.echo(f"{st:8s} {n}"))  # fmt: skip

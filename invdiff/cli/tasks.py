@@ -8,7 +8,8 @@ rebuild it exactly (random masks and kernels are drawn from ``seed``).
 Option syntax, as on the command line:
 
 * inpaint: ``random_mask=0.7`` (fraction missing) | ``box=32`` (side of a
-  centred missing square) | ``mask=FILE`` (nonzero = known);
+  centred missing square) | ``mask=FILE`` (white/nonzero = the region to fill, as
+  OpenCV, LaMa and diffusers read masks) | ``mask_known=FILE`` (nonzero = known);
 * deblur: ``kernel=gaussian:2.0`` | ``kernel=motion:31,0.5`` (size, intensity)
   | ``kernel=FILE`` (an image or .npy, normalised to sum 1); ``padding``;
 * sr: ``scale=4``, ``filter=bicubic|box``;
@@ -22,6 +23,7 @@ Option syntax, as on the command line:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -59,18 +61,13 @@ class Task:
 
 
 def _inpaint(shape: tuple[int, ...], opt: dict[str, Any], g: torch.Generator) -> Operator:
-    given = [k for k in ("random_mask", "box", "mask") if opt[k] is not None]
+    given = [k for k in ("random_mask", "box", "mask", "mask_known") if opt[k] is not None]
     if len(given) > 1:
-        raise ValueError(f"inpaint takes one of --random-mask, --box, --mask, got {', '.join(given)}")
-    if opt["mask"] is not None:
-        path = Path(opt["mask"])
-        if not path.is_file():
-            raise ValueError(f"mask file {path} not found")
-        try:
-            mask = mask_from_image(path, shape=shape[-2:])
-        except ValueError as e:
-            raise ValueError(f"mask {path}: {e}") from None
-        return Inpainting(mask)
+        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise ValueError(f"inpaint takes one of --random-mask, --box, --mask, --mask-known, got {flags}")
+    for key, nonzero in (("mask", "fill"), ("mask_known", "known")):
+        if opt[key] is not None:
+            return Inpainting(read_mask(opt[key], shape[-2:], nonzero))
     if opt["box"] is not None:
         size = int(opt["box"])
         if not 0 < size < min(shape[-2:]):
@@ -80,6 +77,17 @@ def _inpaint(shape: tuple[int, ...], opt: dict[str, Any], g: torch.Generator) ->
     if not 0 <= missing < 1:
         raise ValueError(f"--random-mask is the fraction of missing pixels, in [0, 1), got {missing}")
     return Inpainting(random_mask(shape[-2:], missing=missing, generator=g))
+
+
+def read_mask(file: str | Path, size: tuple[int, ...], nonzero: str = "fill") -> torch.Tensor:
+    """The known-pixel mask ``(1, 1, H, W)`` of a mask image (``nonzero``: ``"fill"`` or ``"known"``), sized ``size``."""
+    path = Path(file)
+    if not path.is_file():
+        raise ValueError(f"mask file {path} not found")
+    try:
+        return mask_from_image(path, shape=tuple(size), nonzero=nonzero)
+    except ValueError as e:
+        raise ValueError(f"mask {path}: {e}") from None
 
 
 def parse_kernel(spec: str, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -148,6 +156,8 @@ def _ct(shape: tuple[int, ...], opt: dict[str, Any], g: torch.Generator) -> Oper
     from ..medical.ct import normalized
     from ..operators import BeerLambert
 
+    if opt.get("image_size") is not None:
+        raise ValueError("--image-size applies to measured sinograms; with --simulate the image's own size sets it")
     angles, arc = int(opt["angles"]), float(opt["arc"])
     if angles < 1:
         raise ValueError(f"--angles must be a positive number of views, got {angles}")
@@ -172,14 +182,16 @@ def _colorize(shape: tuple[int, ...], opt: dict[str, Any], g: torch.Generator) -
 
 #: task name -> Task (the only place the CLI maps task names to operators)
 TASKS: dict[str, Task] = {
-    "inpaint": Task(_inpaint, {"random_mask": None, "box": None, "mask": None}, "fill in missing pixels"),
+    "inpaint": Task(_inpaint, {"random_mask": None, "box": None, "mask": None, "mask_known": None},
+                    "fill in missing pixels"),
     "deblur": Task(_deblur, {"kernel": "gaussian:2.0", "padding": "circular"}, "remove a known blur"),
     "sr": Task(_sr, {"scale": 4, "filter": "bicubic"}, "super-resolution by an integer factor"),
     "denoise": Task(lambda s, o, g: Identity(), {}, "remove noise"),
     "colorize": Task(_colorize, {}, "gray to RGB"),
     "mri": Task(_mri, {"acceleration": 4, "center_fraction": 0.08, "mask_kind": "random", "coils": 1},
                 "undersampled Cartesian MRI (single- or multi-coil)"),
-    "ct": Task(_ct, {"angles": 30, "arc": 180.0, "dose": None}, "parallel-beam CT: sparse-view, limited-angle, low-dose"),
+    "ct": Task(_ct, {"angles": 30, "arc": 180.0, "dose": None, "image_size": None},
+               "parallel-beam CT: sparse-view, limited-angle, low-dose"),
 }
 
 
@@ -256,3 +268,137 @@ def operator_for(method: str, op: Operator) -> Operator:
     if isinstance(op, Tomography) and method in METHODS and "svd" in METHODS[method].needs:
         return op.svd()
     return op
+
+
+# ----------------------------------------------------------------------------- real measurements
+# Without --simulate an input file *is* the measurement y.  Each task's operator is then built
+# from y (not from a clean image): the blurry photo, the low-resolution photo, the damaged photo.
+
+#: options that only make sense when invdiff makes the measurement itself (``--simulate``)
+SIMULATION_ONLY: dict[str, tuple[str, ...]] = {
+    "inpaint": ("random_mask", "box"),
+    "ct": ("angles", "dose"),
+}  # mri: a k-space .h5 uses its own mask; fully sampled k-space is undersampled by the mri options
+
+#: what each task does with a measured input, for ``invdiff restore --help`` and errors
+MEASURED_INPUT = {
+    "deblur": "the blurry image (a known kernel: gaussian:SIGMA or a kernel file)",
+    "sr": "the low-resolution image; the output is --scale times its size",
+    "inpaint": "the damaged image, with --mask FILE (white = fill), --mask-known FILE or an alpha channel",
+    "denoise": "the noisy image",
+    "colorize": "a gray image; the output is RGB",
+    "ct": "a sinogram (.npy/.tif, detectors x views, as 'invdiff degrade --task ct' writes it)",
+    "mri": "k-space in a fastMRI .h5 file",
+}
+
+
+@dataclass
+class Measured:
+    """A measured input made ready: ``y``, the operator whose range it lies in, and the output's region.
+
+    ``crop`` maps a restored image (``op``'s domain) to the output; ``size`` is the output's ``(H, W)``.
+    """
+
+    y: torch.Tensor
+    op: Operator
+    crop: Callable[[torch.Tensor], torch.Tensor]
+    size: tuple[int, int]
+    options: dict[str, Any]
+
+
+def _whole(t: torch.Tensor) -> torch.Tensor:
+    return t
+
+
+def check_measured_options(task: str, options: dict[str, Any]) -> None:
+    """A one-line error for options that only apply with ``--simulate``."""
+    wrong = [k for k in SIMULATION_ONLY.get(task, ()) if options.get(k) is not None]
+    if task == "deblur" and str(options.get("kernel", "")).startswith("motion:"):
+        raise ValueError("--kernel motion:SIZE,INTENSITY draws a random kernel and only applies with --simulate; "
+                         "for a real photo give the kernel: gaussian:SIGMA or a kernel image/.npy file")  # fmt: skip
+    if wrong:
+        flags = ", ".join("--" + k.replace("_", "-") for k in wrong)
+        raise ValueError(f"{flags} only apply with --simulate (invdiff makes the measurement); a measured "
+                         f"--task {task} input is {MEASURED_INPUT[task]}")  # fmt: skip
+
+
+def measured_operator(task: str, y: torch.Tensor, options: dict[str, Any] | None = None,
+                      alpha: torch.Tensor | None = None) -> Measured:  # fmt: skip
+    """The operator of a measured input ``y`` ``(B, C, H, W)`` for ``task`` (see ``MEASURED_INPUT``).
+
+    ``alpha``: the input's alpha channel ``(H, W)`` in ``[0, 1]``, if it had one: for
+    ``inpaint`` its transparent pixels (alpha below one half) are the region to fill.
+
+    * deblur: a 'valid' convolution (``Blur(kernel, padding="valid")``) from an image larger
+      than the photo by the kernel's size less one: real photos are not periodic, and every
+      measured pixel is a blur of pixels the model has, so no border artefact is forced.  The
+      output is the photo's region of the restored image.
+    * sr: ``Downsampling(scale)`` from an image ``scale`` times the input's size.
+    * inpaint: ``Inpainting`` with the mask file's (or the alpha channel's) known pixels.
+    * denoise: ``Identity``; colorize: ``Colorization`` from RGB to the gray input.
+    * ct: ``normalized(Tomography)`` with the sinogram's views and detectors; ``arc``
+      and ``image_size`` (default: the largest image the detectors cover) as options.
+    """
+    options = {k: v for k, v in (options or {}).items() if v is not None}
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    if task == "mri":
+        raise ValueError("measured MRI inputs are k-space .h5 files (fastMRI layout); pass the .h5 file")
+    check_measured_options(task, options)
+    opt = {**TASKS[task].options, **options}
+    b, c, h, w = y.shape
+    if task == "deblur":
+        kernel = parse_kernel(str(opt["kernel"]))
+        kh, kw = kernel.shape
+        if kh > h or kw > w:
+            raise ValueError(f"kernel of size {kh}x{kw} is larger than the image {h}x{w}")
+        top, left = kh - 1 - kh // 2, kw - 1 - kw // 2
+        return Measured(y, Blur(kernel, padding="valid"), lambda t: t[..., top : top + h, left : left + w], (h, w),
+                        {"kernel": str(opt["kernel"]), "padding": "valid"})  # fmt: skip
+    if task == "sr":
+        scale, filt = int(opt["scale"]), str(opt["filter"])
+        if scale < 2 or filt not in ("box", "bicubic"):
+            raise ValueError(f"--scale must be an integer >= 2 and --filter box or bicubic, got {scale}, {filt!r}")
+        return Measured(y, Downsampling(scale, filter=filt, image_size=(h * scale, w * scale)), _whole,
+                        (h * scale, w * scale), {"scale": scale, "filter": filt})  # fmt: skip
+    if task == "inpaint":
+        if opt["mask"] is not None or opt["mask_known"] is not None:
+            key = "mask" if opt["mask"] is not None else "mask_known"
+            if opt["mask"] is not None and opt["mask_known"] is not None:
+                raise ValueError("inpaint takes one of --mask (white = fill) and --mask-known, not both")
+            known = read_mask(opt[key], (h, w), "fill" if key == "mask" else "known")
+            used = {key: str(opt[key])}
+        elif alpha is not None:
+            known = (alpha >= 0.5).to(torch.float32)[None, None]
+            used = {"mask": "alpha channel"}
+        else:
+            raise ValueError("inpaint needs the region to fill: --mask FILE (white = fill, sized like the image), "
+                             "--mask-known FILE, or a PNG whose transparent pixels are the holes")  # fmt: skip
+        if not bool(known.any()):
+            raise ValueError("the mask leaves no known pixel; white marks the region to fill (use --mask-known "
+                             "if white marks the known pixels)")  # fmt: skip
+        known = known.to(y.device)
+        return Measured(y * known, Inpainting(known), _whole, (h, w), used)
+    if task == "denoise":
+        return Measured(y, Identity(), _whole, (h, w), {})
+    if task == "colorize":
+        if c == 3:
+            raise ValueError("colorize takes a gray image (one channel); this one is RGB already")
+        if c != 1:
+            raise ValueError(f"colorize takes a gray image (one channel), got {c} channels")
+        return Measured(y, Colorization(), _whole, (h, w), {})
+    # ct: a sinogram (B, C, detectors, views)
+    from ..medical.ct import normalized
+
+    if c != 1:
+        raise ValueError(f"a CT sinogram has one channel (detectors x views), got {c}")
+    n_det, views = h, w
+    size = opt.get("image_size") or int(n_det / math.sqrt(2))
+    size = int(size)
+    if size < 2 or math.ceil(math.sqrt(2) * size) > n_det:
+        raise ValueError(f"--image-size {size} does not fit {n_det} detector bins (at most {int(n_det / math.sqrt(2))})")
+    arc = float(opt["arc"])
+    if not 0 < arc <= 180:
+        raise ValueError(f"--arc is the angular range of the views in degrees, in (0, 180], got {arc:g}")
+    op = normalized(Tomography(views, image_size=size, n_detectors=n_det, arc=arc))
+    return Measured(y, op, _whole, (size, size), {"arc": arc, "image_size": size, "views": views, "detectors": n_det})
