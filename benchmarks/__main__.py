@@ -8,6 +8,10 @@
 ``python -m benchmarks parity [--quick | --full]`` (DDRM and DPS against deepinv's on the same problems),
 ``python -m benchmarks priors [--quick | --full] [--images all] [--methods ddrm,pigdm] [--samples 8]
 [--steps dps=1000] [--out priors]`` (each shipped prior's margins over the classical baselines),
+``python -m benchmarks noise_level [--quick | --full]`` (``sigma_y="auto"`` against known noise),
+``python -m benchmarks realinput [--quick | --full]`` (``invdiff restore`` on damaged photo files against classical tools),
+``python -m benchmarks realtime [--quick | --full]`` (seconds and peak memory per megapixel of the default
+method, against ``invdiff.memory``'s predictions),
 ``python -m benchmarks all [--quick | --full]`` (every benchmark in turn)."""
 
 from __future__ import annotations
@@ -106,6 +110,16 @@ def parser() -> argparse.ArgumentParser:
                      help="run METHOD with N steps instead of the mode's (marked in the tables); repeatable")
     pri.add_argument("--out", default="priors",
                      help="results name: results/OUT.{json,md} (default priors; e.g. priors-dps keeps priors.*)")
+    noi = sub.add_parser("noise_level", help='sigma_y="auto": the estimated noise level against the true one')
+    _mode(noi, "camera (gray) and astronaut (RGB), 1 seed", "6 photographs, gray and RGB, 3 seeds")
+    noi.add_argument("--seed", type=int, default=0, help="seed of the noise and the masks (default 0)")
+    rea = sub.add_parser("realinput", help="invdiff restore on damaged photo files against BM3D, Richardson-Lucy, "
+                                           "biharmonic and bicubic: PSNR/SSIM, seconds, peak memory")
+    _mode(rea, "camera 256x256, 4 tasks", "camera, astronaut and coffee at full size, 4 tasks")
+    rea.add_argument("--seed", type=int, default=0, help="seed of the damage and of invdiff restore (default 0)")
+    rt = sub.add_parser("realtime", help="seconds and peak memory per megapixel of the default method (DDRM), "
+                                         "gray and RGB, against invdiff.memory's predictions")
+    _mode(rt, "256x256, 480x640 (gray and RGB), 600x800 RGB and 64x64 CT", "also 768x1024 gray and RGB")
     every = sub.add_parser("all", help="every benchmark above in turn: regenerates every committed number and figure")
     _mode(every, "every suite's quick mode", "every suite's full mode")
     return p
@@ -152,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         except (ValueError, FileNotFoundError) as e:
             raise SystemExit(f"error: {e}") from None
     elif args.benchmark == "all":
-        for name in ("posterior", "schedule", "parity", "ct", "mri", "images", "priors", "latent"):  # every suite, cheapest first; add new ones here
+        for name in ("noise_level", "posterior", "schedule", "parity", "ct", "mri", "images", "priors", "latent", "realinput", "realtime"):  # every suite, cheapest first; add new ones here
             main([name, f"--{args.mode}", "--device", args.device])
     elif args.benchmark == "latent":
         from . import latent
@@ -168,6 +182,24 @@ def main(argv: Sequence[str] | None = None) -> None:
             priors.run(args.mode, device=args.device, images=_csv(args.images), methods=_csv(args.methods),
                        samples=args.samples, steps=dict(args.steps), out=args.out)  # fmt: skip
         except ValueError as e:
+            raise SystemExit(f"error: {e}") from None
+    elif args.benchmark == "noise_level":
+        from . import noise_level
+
+        noise_level.run(args.mode, seed=args.seed, device=args.device)
+    elif args.benchmark == "realinput":
+        from . import realinput
+
+        try:
+            realinput.run(args.mode, device=args.device, seed=args.seed)
+        except (ValueError, RuntimeError) as e:
+            raise SystemExit(f"error: {e}") from None
+    elif args.benchmark == "realtime":
+        from . import realtime
+
+        try:
+            realtime.run(args.mode, device=args.device)
+        except (ValueError, RuntimeError) as e:
             raise SystemExit(f"error: {e}") from None
     elif args.benchmark in ("schedule", "parity"):
         import importlib

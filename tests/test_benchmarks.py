@@ -381,3 +381,62 @@ def test_schedule_sweep_scores_posterior_means_per_start() -> None:
     # each method's row names the start restore uses; DDRM's (5) was not swept here, so no difference is claimed
     ddrm_row = next(line for line in md.splitlines() if line.startswith("| ddrm |"))
     assert ddrm_row.endswith(f"| {METHODS['ddrm'].sigma_max:g} | — |")
+
+
+def test_realinput_restores_damaged_files_and_scores_them_against_the_baselines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from benchmarks import realinput
+
+    # the edge band's RMSE over the interior's, on a known error: 0.1 in the 16-pixel band, 0.05 inside
+    truth = torch.zeros(1, 1, 40, 40, dtype=F64)
+    est = torch.full_like(truth, 0.1)
+    est[..., 16:-16, 16:-16] = 0.05
+    assert realinput.band_ratio(est, truth) == pytest.approx(2.0)
+    # the blurry file is the 'valid' blur of the photo, so its truth is the photo less the kernel's radius
+    x = realinput.photo("camera", 1, 48)
+    case = realinput.damage("camera", "deblur", x, 0)
+    assert case.y.shape == case.truth.shape == (1, 1, 36, 36) and torch.equal(case.truth, x[..., 6:-6, 6:-6])
+    assert torch.equal(case.y, realinput.eight_bit(case.y))
+    assert realinput.scratches(48, 48, seed=1).mean() >= realinput.SCRATCH_FRACTION
+
+    # the whole suite on a 48x48 crop, 2 steps, in this process, without BM3D (left out with a note), with a
+    # Gaussian prior of any size standing in for the shipped U-Nets (the structure is tested, not the quality)
+    from invdiff.priors import Prior
+
+    class WhitePrior(Prior):
+        channels = 1
+
+        def denoise(self, x: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
+            s2 = torch.as_tensor(sigma, dtype=x.dtype).reshape(-1, *[1] * (x.dim() - 1)) ** 2
+            return 0.5 + (x - 0.5) * 0.05 / (0.05 + s2)
+
+    monkeypatch.setattr(realinput, "_PRIORS", {"cpu": WhitePrior()})
+    monkeypatch.setattr(report, "RESULTS_DIR", tmp_path)
+    monkeypatch.setattr(report, "RESULTS_MD", tmp_path / "RESULTS.md")
+    for name, value in {"CROP": {"quick": 48}, "STEPS": 2, "SAMPLES": 1, "ISOLATE": False, "FIGURE_CROP": 32,
+                        "RL_ITERATIONS": (2, 4)}.items():  # fmt: skip
+        monkeypatch.setattr(realinput, name, value)
+    monkeypatch.setattr(realinput.baselines, "bm3d_available", lambda: False)
+    data = realinput.run("quick", log=lambda message: None)
+    methods = {(r["task"], r["method"]) for r in data["rows"]}
+    assert methods == {("deblur", "invdiff"), ("deblur", "wiener_padded"), ("deblur", "richardson_lucy_padded"),
+                       ("sr", "invdiff"), ("sr", "bicubic"), ("inpaint", "invdiff"), ("inpaint", "biharmonic"),
+                       ("denoise", "invdiff")}  # fmt: skip
+    for r in data["rows"]:
+        assert math.isfinite(r["psnr"]) and -1 <= r["ssim"] <= 1 and r["seconds"] >= 0
+        assert ("band_ratio" in r) == (r["task"] == "deblur")
+    ours = {r["task"]: r for r in data["rows"] if r["method"] == "invdiff"}
+    assert ours["sr"]["output_size"] == [48, 48] and ours["sr"]["input_size"] == [12, 12]
+    assert all(r["steps"] == 2 and r["samples"] == 1 and r["sigma_y_source"] == "auto" for r in ours.values())
+    # a margin per task with a baseline (denoising has none without BM3D): against the best by PSNR
+    assert [m["task"] for m in data["margins"]] == ["deblur", "sr", "inpaint"]
+    for m in data["margins"]:
+        rivals = [r for r in data["rows"] if r["task"] == m["task"] and r["method"] != "invdiff"]
+        best = max(rivals, key=lambda r: r["psnr"])
+        assert m["baseline"] == best["method"]
+        assert m["margin_db"] == pytest.approx(ours[m["task"]]["psnr"] - best["psnr"])
+    md = (tmp_path / "realinput.md").read_text()
+    assert "BM3D rows are left out" in md and "Where invdiff wins" in md
+    assert sum(f"camera {t} (" in md for t in ("deblur", "sr", "inpaint")) == 3  # each task in the verdict
+    assert json.loads((tmp_path / "realinput.json").read_text())["margins"] and (tmp_path / "realinput.png").is_file()
