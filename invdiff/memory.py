@@ -566,29 +566,55 @@ def seconds_per_call(prior: Prior, x_shape: Sequence[int], batch: int = 1, metho
     return CALL_SECONDS + per * time_scale * mp * batch * groups
 
 
-def predict_seconds(method: str, x_shape: Sequence[int], prior: Prior, steps: int, samples: int) -> float:
-    """Predicted seconds of the network calls of a restore (``x_shape``'s batch ``B`` times ``samples``)."""
+#: seconds of one ``A`` plus ``A^T`` of a direct (non-FFT) blur per pixel: ``a + b * taps``, fitted to
+#: 13x13 and 25x25 'valid' Gaussian blurs of 256x256 and 512x512 images on the 2-core CPU above
+BLUR_PAIR_SECONDS = (2.2e-7, 4.3e-10)
+#: methods that solve with conjugate gradients on operators without an SVD (``cg_iters`` per step)
+CG_METHODS = frozenset({"diffpir", "pigdm"})
+
+
+def operator_seconds(method: str, op: Any, x_shape: Sequence[int], steps: int, samples: int,
+                     knobs: dict[str, Any] | None = None) -> float:  # fmt: skip
+    """Predicted seconds spent in ``op`` by ``method``'s conjugate gradients: ``cg_iters`` pairs of
+    ``A`` and ``A^T`` per step, for a blur without an SVD (other operators: 0, not modelled)."""
+    from .operators import Blur
+
+    if method not in CG_METHODS or getattr(op, "has_svd", False) or not isinstance(op, Blur):
+        return 0.0
+    cg = int({**METHODS[method].knobs, **(knobs or {})}.get("cg_iters", 0))
+    b, c, h, w = (int(v) for v in x_shape)
+    taps = int(op.kernel.shape[-2]) * int(op.kernel.shape[-1])
+    a, per_tap = BLUR_PAIR_SECONDS
+    return (steps + 1) * cg * samples * b * c * h * w * (a + per_tap * taps)
+
+
+def predict_seconds(method: str, x_shape: Sequence[int], prior: Prior, steps: int, samples: int,
+                    op: Any = None, knobs: dict[str, Any] | None = None) -> float:  # fmt: skip
+    """Predicted seconds of a restore (``x_shape``'s batch ``B`` times ``samples``): its network calls,
+    plus the operator's share in conjugate gradients when ``op`` is given (:func:`operator_seconds`)."""
     batch = samples * int(x_shape[0])
-    return network_calls(method, steps) * seconds_per_call(prior, x_shape, batch, method)
+    net = network_calls(method, steps) * seconds_per_call(prior, x_shape, batch, method)
+    return net + (0.0 if op is None else operator_seconds(method, op, x_shape, steps, samples, knobs))
 
 
-def default_steps_samples(method: str, x_shape: Sequence[int], prior: Prior,
-                          budget_seconds: float = 60.0) -> tuple[int, int]:  # fmt: skip
+def default_steps_samples(method: str, x_shape: Sequence[int], prior: Prior, budget_seconds: float = 60.0,
+                          op: Any = None, knobs: dict[str, Any] | None = None) -> tuple[int, int]:  # fmt: skip
     """``(steps, samples)`` for a restore that takes about ``budget_seconds`` (``predict_seconds``).
 
     Samples: 4 (else 3) when the method's default steps fit the budget with that many (small
     images), otherwise 2.  Steps: with 2 samples, as many as fit, at most the method's default
     (``METHODS[method].steps``) and at least its floor (``STEP_FLOORS``; the floor wins over the
-    budget).  Depends only on the shapes, the method and the prior's architecture.
+    budget).  Depends only on the shapes, the method, the prior's architecture and, when
+    given, the operator (a blur without an SVD adds its conjugate gradients) and the knobs.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; known methods: {', '.join(METHODS)}")
     default = METHODS[method].steps
     floor = min(STEP_FLOORS.get(method, 1), default)
     for samples in (4, 3):
-        if predict_seconds(method, x_shape, prior, default, samples) <= budget_seconds:
+        if predict_seconds(method, x_shape, prior, default, samples, op, knobs) <= budget_seconds:
             return default, samples
     steps = default
-    while steps > floor and predict_seconds(method, x_shape, prior, steps, 2) > budget_seconds:
+    while steps > floor and predict_seconds(method, x_shape, prior, steps, 2, op, knobs) > budget_seconds:
         steps -= 1
     return steps, 2

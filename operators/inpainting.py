@@ -145,8 +145,9 @@ def mask_from_image(
 
     ``nonzero="fill"`` (the default): white/nonzero pixels are the region to fill in,
     as in OpenCV's ``inpaint``, LaMa and diffusers' inpainting pipelines;
-    ``nonzero="known"``: nonzero pixels are the known ones.  Colour images count a
-    pixel as nonzero if any colour channel is (an alpha channel is ignored).
+    ``nonzero="known"``: nonzero pixels are the known ones.  "Nonzero" means at least half
+    of the mask's largest value (a JPEG mask's faint artefacts do not count); colour images
+    count a pixel if any colour channel does (an alpha channel is ignored).
     Returns ``(1, 1, H, W)`` float, 1 where the pixel is known.  If ``shape``
     (``(H, W)`` or ``(B, C, H, W)``) is given, the mask's size must match it.
     """
@@ -160,10 +161,14 @@ def mask_from_image(
     else:
         array = path_or_array.detach().cpu().numpy() if isinstance(path_or_array, Tensor) else np.asarray(path_or_array)
         source = "mask array"
+    # "Nonzero" is at least half the mask's maximum, so a JPEG's or an anti-aliased brush's faint
+    # stray values do not count as marked pixels.
     if array.ndim == 3 and array.shape[-1] in (3, 4):
-        on = (array[..., :3] != 0).any(axis=-1)
+        color = np.abs(array[..., :3].astype(np.float64))
+        on = (color >= 0.5 * color.max()).any(axis=-1) if color.max() > 0 else np.zeros(color.shape[:2], bool)
     elif array.ndim == 2:
-        on = array != 0
+        a = np.abs(array.astype(np.float64))
+        on = a >= 0.5 * a.max() if a.max() > 0 else np.zeros(a.shape, bool)
     else:
         raise ValueError(f"{source} must be a gray (H, W) or colour (H, W, 3|4) image, got shape {fmt(array.shape)}")
     if shape is not None:

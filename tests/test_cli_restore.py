@@ -263,7 +263,8 @@ def test_restore_default_prior_follows_the_task(tmp_path, monkeypatch, task, exp
     monkeypatch.setattr(invdiff.priors, "load_prior", fake_load_prior)
     img = tmp_path / "a.png"
     img.write_bytes(b"")  # never read: loading the prior comes first
-    r = CliRunner().invoke(app, ["restore", str(img), "--task", task, "-o", str(tmp_path / "o"), "--quiet"])
+    r = CliRunner().invoke(app, ["restore", str(img), "--task", task, "--sigma-y", "0.01", "-o", str(tmp_path / "o"),
+                                 "--quiet"])  # fmt: skip
     assert r.exit_code == 2 and "stop here" in r.output
     assert asked == [expected]
 
@@ -281,3 +282,20 @@ def test_progress_lines_without_a_terminal(folder, tmp_path, monkeypatch):
     assert any(ln.startswith("image 2/2, step 3/3:") for ln in lines)
     quiet = run(folder, "--task", "inpaint", "--random-mask", "0.5", "-o", tmp_path / "q", *FAST)
     assert not any(ln.startswith("image ") for ln in quiet.output.splitlines())
+
+
+def test_version_1_sidecars_keep_their_mask_meaning(tmp_path):
+    """Sidecars written before masks meant 'white = fill' (version 1: nonzero = known) rebuild the same operator."""
+    import torch
+
+    from invdiff.cli.batch import operator_from_sidecar
+
+    m = np.zeros((32, 32), np.uint8)
+    m[:, :8] = 255
+    io.imsave(tmp_path / "m.png", m, check_contrast=False)
+    side = {"task": "inpaint", "options": {"mask": str(tmp_path / "m.png")}, "seed": 0, "image_shape": [1, 1, 32, 32],
+            "original_size": [32, 32]}  # fmt: skip
+    old, _ = operator_from_sidecar({**side, "invdiff_sidecar": 1})
+    new, _ = operator_from_sidecar({**side, "invdiff_sidecar": 2})
+    assert int(old.mask.sum()) == 32 * 8  # version 1: the white columns were the known ones
+    assert torch.equal(new.mask, 1 - old.mask)  # version 2: they are the holes

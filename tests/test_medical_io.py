@@ -96,7 +96,7 @@ def test_dicom_hu_round_trip_through_the_prior_range(tmp_path):
 def test_dicom_series_restored_with_ct_task_is_one_derived_series(tmp_path):
     folder, hu, study, src_series = series(tmp_path, 2)
     out = tmp_path / "out"
-    report = restore_files([folder], out, task="ct", task_options={"angles": 24}, prior=PRIOR, **FAST)
+    report = restore_files([folder], out, task="ct", task_options={"angles": 24}, prior=PRIOR, simulate=True, **FAST)
     assert report.ok and report.done == ["IM0000", "IM0001"]
     derived = [pydicom.dcmread(out / f"IM000{k}" / "restored.dcm") for k in range(2)]
     sources = [pydicom.dcmread(folder / f"IM000{k}.dcm") for k in range(2)]
@@ -139,7 +139,7 @@ def test_nifti_write_keeps_affine_zooms_and_values(tmp_path):
 def test_nifti_volume_restored_slice_by_slice_in_place(tmp_path):
     path, vol, affine = nifti_volume(tmp_path)
     out = tmp_path / "out"
-    report = restore_files([path], out, task="ct", task_options={"angles": 24}, prior=PRIOR, **FAST)
+    report = restore_files([path], out, task="ct", task_options={"angles": 24}, prior=PRIOR, simulate=True, **FAST)
     assert report.ok, report.failed
     restored = nib.load(out / "vol" / "restored.nii.gz")
     np.testing.assert_allclose(restored.affine, affine)
@@ -155,7 +155,7 @@ def test_nifti_volume_restored_slice_by_slice_in_place(tmp_path):
 
 def test_window_errors_are_one_line(tmp_path):
     path, _, _ = nifti_volume(tmp_path)
-    report = restore_files([path], tmp_path / "o", task="ct", task_options={}, prior=PRIOR, window="lungs", **FAST)
+    report = restore_files([path], tmp_path / "o", task="ct", task_options={}, prior=PRIOR, window="lungs", simulate=True, **FAST)
     assert "window 'lungs' is neither a name" in report.failed["vol"]
 
 

@@ -246,11 +246,33 @@ def test_a_sinogram_file_is_restored_like_degrades_measurement(tmp_path):
                                  "-o", str(meas), "--quiet"])  # fmt: skip
     assert r.exit_code == 0, r.output
     a, b = tmp_path / "a", tmp_path / "b"
-    common = ["--method", "pigdm", "--sigma-y", "0.01", *FAST]
-    assert run(meas, "--measured", "-o", a, *common).exit_code == 0
-    r = run(meas / "phantom.npy", "--task", "ct", "-o", b, *common)
+    common = ["--method", "pigdm", *FAST]
+    assert run(meas, "--measured", "-o", a, *common).exit_code == 0  # the sidecar's sigma_y: degrade's 0.01
+    r = run(meas / "phantom.npy", "--task", "ct", "--sigma-y", "0.01", "-o", b, *common)
     assert r.exit_code == 0, r.output
     np.testing.assert_allclose(png(b / "phantom" / "restored.png"), png(a / "phantom" / "restored.png"), atol=1 / 255)
     assert png(b / "phantom" / "restored.png").shape == (32, 32)
     r = run(meas / "phantom.npy", "--task", "ct", "-o", tmp_path / "c", *FAST)  # auto noise: not for sinograms
-    assert r.exit_code != 0 and "sigma" in r.output
+    assert r.exit_code == 2 and "--task ct needs --sigma-y" in r.output and len(r.output.strip().splitlines()) == 1
+
+
+def test_memory_cap_refuses_or_avoids_the_dense_ct_svd_without_building_it(tmp_path, monkeypatch):
+    """DDRM on CT needs a dense SVD (views x detectors x pixels); under a cap it is refused, or avoided, unbuilt."""
+    from invdiff.operators import Tomography
+
+    def never(self, *a, **k):
+        raise AssertionError("the dense SVD was built")
+
+    monkeypatch.setattr(Tomography, "svd", never)
+    sino = Tomography(60, image_size=64)(torch.rand(1, 1, 64, 64)).numpy()  # ddrm: about 1.8 GiB, pigdm 0.9
+    np.save(tmp_path / "sino.npy", sino / 40.0)
+    r = run(tmp_path / "sino.npy", "--task", "ct", "--sigma-y", "0.01", "--method", "ddrm", "--max-memory", "1.5G",
+            "-o", tmp_path / "a", *FAST)  # fmt: skip
+    assert r.exit_code == 1 and "ddrm would need about" in r.output and "methods that fit: pigdm" in r.output
+    assert "Traceback" not in r.output
+    r = run(tmp_path / "sino.npy", "--task", "ct", "--sigma-y", "0.01", "--max-memory", "1.5G", "-o", tmp_path / "b",
+            *FAST)  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert metrics(tmp_path / "b", "sino")["method"] == "pigdm"  # the first method that fits, instead of ddrm
+    r = run(tmp_path / "sino.npy", "--task", "ct", "--sigma-y", "0.01", "--max-memory", "lots", "-o", tmp_path / "c")
+    assert r.exit_code == 2 and "--max-memory" in r.output

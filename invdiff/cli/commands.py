@@ -213,13 +213,6 @@ def train_latent_cmd(
                f"U-Net steps in {minutes:.1f} min, loss {info['final_loss']:.4f}; prior written to {output}")  # fmt: skip
 
 
-def default_prior(task: str | None, channels: int = 1) -> str:
-    """The shipped prior a task uses unless --prior says otherwise: phantoms for CT and MRI, else by channels."""
-    if task in ("ct", "mri"):
-        return "phantoms"
-    return "natural-rgb" if channels == 3 or task == "colorize" else "natural-gray"
-
-
 def _prior_option(prior: str | None, task: str | None):
     """``--prior``: the named prior, or (not given) the shipped prior that fits each input's channels."""
     from .batch import PriorChoice
@@ -302,8 +295,8 @@ def restore_cmd(
     mask_kind: MaskKind = None,
     coils: Coils = None,
     sigma_y: Optional[str] = typer.Option(
-        None, help="Measurement noise std (data units) or 'auto' (estimated from each input; the default). "
-                   "With --simulate the noise added (default 0.01)."),
+        None, help="Measurement noise std (data units) or 'auto' (estimated from each input image; the default; "
+                   "ct and mri need a number). With --simulate the noise added (default 0.01)."),
     prior: Optional[str] = typer.Option(
         None, help="Shipped prior name or a path (default: natural-gray / natural-rgb by the input's channels, "
                    "natural-rgb for colorize, phantoms for ct and mri)."),
@@ -312,7 +305,8 @@ def restore_cmd(
                                                                              "daps"])
                                          + " (default: ddrm; diffpir for measured photos' deblurring)."),
     steps: Optional[int] = typer.Option(None, help="Noise levels (default: about a minute's worth per image)."),
-    samples: Optional[int] = typer.Option(None, help="Posterior samples per image (default 2; the std is over them)."),
+    samples: Optional[int] = typer.Option(
+        None, help="Posterior samples per image; the std is over them (default: 2 to 4, chosen per image)."),
     max_memory: Optional[str] = typer.Option(
         None, help="Refuse (or, without --method, avoid) methods predicted to need more, e.g. 8G "
                    "(default: half the machine's memory)."),
@@ -342,7 +336,7 @@ def restore_cmd(
                  filter=filter, angles=angles, arc=arc, image_size=image_size, dose=dose,
                  acceleration=acceleration, center_fraction=center_fraction, mask_kind=mask_kind, coils=coils)  # fmt: skip
     if measured:
-        flags = {"--task": task, "--window": window, "--simulate": simulate or None}
+        flags = {"--task": task, "--window": window, "--simulate": simulate or None, "--sigma-y": sigma_y}
         flags.update({"--" + k.replace("_", "-"): v for k, v in given.items()})
         used = [k for k, v in flags.items() if v is not None]
         if used:
@@ -365,18 +359,36 @@ def restore_cmd(
             _fail(f"{flag} must be at least 1, got {value}")
     try:
         resolve_device(device)
+    except ValueError as e:
+        _fail(f"--device: {e}")
+    try:
         cap = None if max_memory is None else parse_memory(max_memory)
     except ValueError as e:
-        _fail(str(e))
+        _fail(f"--max-memory: {e}")
     noise = _sigma_y_option(sigma_y, real=not (simulate or measured))
+    if noise == "auto" and (simulate or measured):
+        _fail("--sigma-y auto estimates a real measurement's noise; with --simulate give the noise to add "
+              "(e.g. --sigma-y 0.01)")  # fmt: skip
+    if noise == "auto" and task == "ct" and sigma_y is None:
+        _fail("--task ct needs --sigma-y: a sinogram's noise is not estimated (degrade's sidecar says what it used)")
+    if noise == "auto" and task == "ct":
+        _fail("--sigma-y auto does not apply to sinograms; give the noise std, e.g. --sigma-y 0.01")
     p = _prior_option(prior, None if measured else task)
 
     h5 = [i for i in inputs if i.lower().endswith((".h5", ".hdf5"))]
     if h5:  # fastMRI k-space: reconstructed slice by slice (invdiff.medical.mri)
         if task != "mri" or len(h5) != len(inputs):
             _fail("HDF5 k-space inputs (.h5) need --task mri and cannot be mixed with image files")
+        unused = {"--simulate": simulate or None, "--ground-truth": ground_truth, "--max-memory": max_memory,
+                  "--save-samples": save_samples or None, "--batch-size": None if batch_size == 1 else batch_size}  # fmt: skip
+        used = [k for k, v in unused.items() if v is not None]
+        if used:
+            _fail(f"{', '.join(used)} do not apply to k-space .h5 inputs (the file's reconstruction_rss, when "
+                  "present, is the truth)")  # fmt: skip
         from ..medical.mri import restore_h5_files
 
+        if sigma_y == "auto":
+            _fail("--sigma-y auto does not apply to k-space; give the noise std (default 0.01)")
         if noise == "auto":
             noise = 0.01  # k-space is not an image: its noise is not estimated (give --sigma-y)
         say = None if quiet else lambda n, st, row: typer.echo(f"{st:8s} {n}")

@@ -1,5 +1,9 @@
 """The command line's tasks: a task name and its options -> a forward operator.
 
+Two ways in: ``build_operator`` makes the operator that degrades a clean image
+(``invdiff degrade``, ``invdiff restore --simulate``); ``measured_operator`` builds
+it from a measurement a user has (the default of ``invdiff restore``).
+
 ``TASKS`` is the only table that maps task names to operators.  A task's
 options are plain JSON-able values (strings and numbers), so the same spec
 that built an operator can be written beside a measurement as a sidecar and
@@ -18,6 +22,7 @@ Option syntax, as on the command line:
 * ct: ``angles=30``, ``arc=180`` (degrees the views span; less is limited-angle CT),
   ``dose=I0`` (low-dose: Beer-Lambert photon counts with Poisson noise, ``I0`` per bin);
   without a dose the sinogram is divided by ``||A||`` (``invdiff.medical.ct.normalized``);
+  ``image_size`` for a measured sinogram (default: the largest image its detectors cover);
 * denoise, colorize: no options.
 """
 
@@ -280,7 +285,7 @@ SIMULATION_ONLY: dict[str, tuple[str, ...]] = {
     "ct": ("angles", "dose"),
 }  # mri: a k-space .h5 uses its own mask; fully sampled k-space is undersampled by the mri options
 
-#: what each task does with a measured input, for ``invdiff restore --help`` and errors
+#: what each task takes as a measured input (named in the errors about simulation-only options)
 MEASURED_INPUT = {
     "deblur": "the blurry image (a known kernel: gaussian:SIGMA or a kernel file)",
     "sr": "the low-resolution image; the output is --scale times its size",
@@ -327,7 +332,7 @@ def measured_operator(task: str, y: torch.Tensor, options: dict[str, Any] | None
     """The operator of a measured input ``y`` ``(B, C, H, W)`` for ``task`` (see ``MEASURED_INPUT``).
 
     ``alpha``: the input's alpha channel ``(H, W)`` in ``[0, 1]``, if it had one: for
-    ``inpaint`` its transparent pixels (alpha below one half) are the region to fill.
+    ``inpaint`` its transparent and partly transparent pixels are the region to fill.
 
     * deblur: a 'valid' convolution (``Blur(kernel, padding="valid")``) from an image larger
       than the photo by the kernel's size less one: real photos are not periodic, and every
@@ -369,7 +374,8 @@ def measured_operator(task: str, y: torch.Tensor, options: dict[str, Any] | None
             known = read_mask(opt[key], (h, w), "fill" if key == "mask" else "known")
             used = {key: str(opt[key])}
         elif alpha is not None:
-            known = (alpha >= 0.5).to(torch.float32)[None, None]
+            # Only opaque pixels are known: the reader composites partly transparent ones on white.
+            known = (alpha >= 1.0 - 1e-3).to(torch.float32)[None, None]
             used = {"mask": "alpha channel"}
         else:
             raise ValueError("inpaint needs the region to fill: --mask FILE (white = fill, sized like the image), "
