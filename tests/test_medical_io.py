@@ -155,7 +155,8 @@ def test_nifti_volume_restored_slice_by_slice_in_place(tmp_path):
 
 def test_window_errors_are_one_line(tmp_path):
     path, _, _ = nifti_volume(tmp_path)
-    report = restore_files([path], tmp_path / "o", task="ct", task_options={}, prior=PRIOR, window="lungs", simulate=True, **FAST)
+    report = restore_files([path], tmp_path / "o", task="ct", task_options={}, prior=PRIOR, window="lungs",
+                           simulate=True, **FAST)  # fmt: skip
     assert "window 'lungs' is neither a name" in report.failed["vol"]
 
 

@@ -122,7 +122,8 @@ def _fitting_prior(channels: int) -> str:
 PERCENTILES = (0.5, 99.5)
 
 
-def intensity_window(image: Image, prior, window: str | tuple[float, float] | None = None) -> tuple[tuple[float, float] | None, bool]:
+def intensity_window(image: Image, prior, window: str | tuple[float, float] | None = None
+                     ) -> tuple[tuple[float, float] | None, bool]:  # fmt: skip
     """``((lo, hi), clip)``: the affine map ``(v - lo) / (hi - lo)`` that takes ``image`` onto the prior's range.
 
     * ``window`` given, or a CT DICOM or a NIfTI in HU (air below -500): HU through the
@@ -576,7 +577,8 @@ def _run(p: _Prepared, *, method: str | None, steps: int | None, samples: int | 
 
 
 def _restore_group(group: list[_Prepared], *, method: str | None, steps: int | None, samples: int | None,
-                   save_samples: bool, callback, knobs, max_memory: int | None = None) -> list[dict[str, Any]] | None:  # fmt: skip
+                   save_samples: bool, callback, knobs,
+                   max_memory: int | None = None) -> list[dict[str, Any]] | None:  # fmt: skip
     """Restore files whose operators stack into one batch in a single ``restore`` call; ``None`` if they don't."""
     op = stack_operators([p.op for p in group])
     if op is None or any(p.y.shape[0] != 1 for p in group) or any(p.prior is not group[0].prior for p in group):
