@@ -98,20 +98,21 @@ def read_clean(path: Path, prior, device: torch.device | str = "cpu",
 
 
 def read_clean_image(path: Path, prior, device: torch.device | str = "cpu", window: str | tuple[float, float] | None
-                     = None) -> tuple[torch.Tensor, Image, tuple[float, float] | None]:  # fmt: skip
-    """``read_clean`` with the ``Image`` read and its intensity mapping ``(lo, hi)`` (``None`` if none).
+                     = None) -> tuple[torch.Tensor, Image, tuple[float, float] | None, bool]:  # fmt: skip
+    """``read_clean`` with the ``Image`` read, its intensity mapping ``(lo, hi)`` (``None`` if none) and
+    whether that mapping clips.
 
     Values reach the prior's ``[0, 1]`` as ``(v - lo) / (hi - lo)`` (see :func:`intensity_window`):
     CT in HU through ``window`` (a name or ``(lo, hi)``; CT DICOM: ``ct`` by default), clipped to
     it; scans in other units (MR DICOM, NIfTI) through robust percentiles, unclipped.
     """
     image = read_image(path)
-    x, window, _ = to_unit(image, prior, window, device)
+    x, window, clip = to_unit(image, prior, window, device)
     channels = getattr(prior, "channels", x.shape[1])
     if x.shape[1] != channels:
         raise ValueError(f"{path}: image has {x.shape[1]} channel(s) but the prior models {channels}; use "
                          f"{_fitting_prior(x.shape[1])} or convert the image")  # fmt: skip
-    return x, image, window
+    return x, image, window, clip
 
 
 def _fitting_prior(channels: int) -> str:
@@ -328,12 +329,11 @@ def _prepare(path: Path, name: str, out: Path, *, task: str, task_options: dict[
     else:
         first = read_image(path)
         prior = prior_for(prior, first.data.shape[1], path, task)
-        given = window
-        x, image, window = read_clean_image(path, prior, device, window)
+        x, image, window, clip = read_clean_image(path, prior, device, window)
         y, op, crop, sidecar = simulate_measurement(x, name, task=task, task_options=task_options, prior=prior,
                                                     sigma_y=float(sigma_y), seed=seed)  # fmt: skip
         if truth is not None and window is not None:  # the truth in the units the input was restored in
-            truth = _read_truth(truth_path, device, window, intensity_window(image, prior, given)[1])
+            truth = _read_truth(truth_path, device, window, clip)
         truth = x if truth is None else truth
     h, w = sidecar["original_size"]
     if truth is not None and tuple(truth.shape[-2:]) != (h, w):
@@ -369,8 +369,7 @@ def _prepare_real(path: Path, name: str, out: Path, *, task: str, task_options: 
     if sigma_y == "auto":
         sigma_y, source = estimate_sigma_y(m.y, m.op), "auto"
     op = operator_for(method, m.op) if method else m.op
-    with torch.no_grad():
-        x_shape = tuple(m.op.x_shape(m.y))
+    x_shape = tuple(m.op.x_shape(m.y))
     s = file_seed(seed, name)
     sidecar = {"task": task, "options": m.options, "seed": s, "sigma_y": float(sigma_y),
                "image_shape": list(x_shape), "original_size": list(m.size),
