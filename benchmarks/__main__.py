@@ -120,6 +120,10 @@ def parser() -> argparse.ArgumentParser:
     rt = sub.add_parser("realtime", help="seconds and peak memory per megapixel of the default method (DDRM), "
                                          "gray and RGB, against invdiff.memory's predictions")
     _mode(rt, "256x256, 480x640 (gray and RGB), 600x800 RGB and 64x64 CT", "also 768x1024 gray and RGB")
+    bli = sub.add_parser("blind", help="blind deblurring: estimated kernel and image against the true-kernel "
+                                          "ceiling, a fixed Gaussian guess and L0 kernel estimation with BM3D")
+    _mode(bli, "camera and astronaut 192x192, 5 kernels, 2 noise levels", "3 photos 256x256, 3 noise levels")
+    bli.add_argument("--seed", type=int, default=0, help="seed of the noise and the sampler (default 0)")
     every = sub.add_parser("all", help="every benchmark above in turn: regenerates every committed number and figure")
     _mode(every, "every suite's quick mode", "every suite's full mode")
     return p
@@ -166,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         except (ValueError, FileNotFoundError) as e:
             raise SystemExit(f"error: {e}") from None
     elif args.benchmark == "all":
-        for name in ("noise_level", "posterior", "schedule", "parity", "ct", "mri", "images", "priors", "latent", "realinput", "realtime"):  # every suite, cheapest first; add new ones here
+        for name in ("noise_level", "posterior", "schedule", "parity", "ct", "mri", "images", "priors", "latent", "realinput", "realtime", "blind"):  # every suite, cheapest first; add new ones here
             main([name, f"--{args.mode}", "--device", args.device])
     elif args.benchmark == "latent":
         from . import latent
@@ -201,7 +205,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             realtime.run(args.mode, device=args.device)
         except (ValueError, RuntimeError) as e:
             raise SystemExit(f"error: {e}") from None
-    elif args.benchmark in ("schedule", "parity"):
+    elif args.benchmark in ("schedule", "parity", "blind"):
         import importlib
 
         importlib.import_module(f".{args.benchmark}", __package__).run(args.mode, device=args.device, seed=args.seed)

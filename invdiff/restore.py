@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from .methods import METHODS, Method
+from .operators.blur import BlindBlur
 from .operators.embed import crop, embed
 from .priors.base import Prior
 from .priors.latent import LatentPrior
@@ -54,6 +55,8 @@ class Result:
         sigma_y: the Gaussian measurement-noise std the sampler ran with (data units): the
             given one, ``noise=Gaussian(s)``'s, or the estimate of ``sigma_y="auto"``;
             ``None`` when a non-Gaussian noise model (``noise=Poisson(...)``) set the likelihood.
+        kernel: ``(B, K, K)`` the blur kernels estimated for ``op=BlindBlur(...)`` (centred,
+            non-negative, summing to 1); ``None`` for every other operator.
     """
 
     mean: Tensor
@@ -67,6 +70,7 @@ class Result:
     dtype: str = ""
     padded: tuple[int, int, int, int] = (0, 0, 0, 0)
     sigma_y: float | None = None
+    kernel: Tensor | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly summary without tensors."""
@@ -194,6 +198,12 @@ def restore(
     Returns:
         ``Result`` with mean, std, samples, nfe, timing, the compute dtype and the padding.
     """
+    if isinstance(op, BlindBlur):  # the kernel is unknown: estimated with the image (invdiff.blind)
+        from .blind import restore_blind
+
+        _check_y(y)
+        return restore_blind(y, op, prior, method, steps, sigma_y, samples, seed, generator, callback, sigma_max,
+                             knobs, noise)  # fmt: skip
     # Validate everything before any sampling.
     _check_y(y)
     _check_devices(prior, op, y, generator)

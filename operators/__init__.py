@@ -4,7 +4,7 @@ Installed as ``invdiff.operators``.  Knows nothing of diffusion.
 """
 
 from .base import LinearOperator, Operator, SVDOperator
-from .blur import Blur, gaussian_kernel, motion_kernel
+from .blur import BlindBlur, Blur, gaussian_kernel, motion_kernel
 from .bridge import from_deepinv, to_deepinv
 from .coils import birdcage_sensitivities, calibration_width, estimate_sensitivities
 from .colorization import Colorization
@@ -26,6 +26,7 @@ __all__ = [
     "random_mask",
     "box_mask",
     "mask_from_image",
+    "BlindBlur",
     "Blur",
     "gaussian_kernel",
     "motion_kernel",

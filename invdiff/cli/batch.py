@@ -14,7 +14,9 @@ Each file is restored with :func:`invdiff.restore` and written into
 ``output/<name>/``: ``restored.png``, ``std.png`` (normalised to its maximum, the
 value in ``metrics.json``), ``measurement.npy`` (and ``.png`` when ``y`` is an image
 of the output's size), ``comparison.png`` (measurement | restored | std | truth),
-DICOM/NIfTI outputs for such inputs, and ``samples/`` on request.
+DICOM/NIfTI outputs for such inputs, ``samples/`` on request, and for a blur estimated
+with the image (``--kernel auto``) ``kernel.npy`` (readable back by ``--kernel``) and
+``kernel.png`` (a preview, enlarged).
 ``metrics.json`` in that folder marks the file as finished; a re-run skips finished
 files unless ``overwrite``.  A file that fails is reported and skipped; the others
 finish.  The run's ``metrics.csv`` and ``metrics.json`` gather every finished file.
@@ -38,7 +40,8 @@ from ..medical.ct import hu_to_unit, parse_window, unit_to_hu
 from ..io import Image, derived_series_uid, file_seed, find_inputs, pad_to_multiple, read_image, write_image
 from ..metrics import lpips, lpips_available, psnr, ssim
 from ..restore import check_method, restore
-from .tasks import build_operator, measured_operator, measurement_noise, operator_for, stack_operators
+from ..operators import BlindBlur, Blur, gaussian_kernel
+from .tasks import PREVIEW_KEY, build_operator, measured_operator, measurement_noise, operator_for, stack_operators
 from ..volume import restore_batch
 
 #: slices of a volume (NIfTI, multi-frame DICOM) restored per sampler call
@@ -366,10 +369,11 @@ def _prepare_real(path: Path, name: str, out: Path, *, task: str, task_options: 
     alpha = None if alpha is None else torch.from_numpy(alpha).to(device)
     m = measured_operator(task, y, task_options, alpha=alpha)
     source = "given"
-    if sigma_y == "auto":
-        sigma_y, source = estimate_sigma_y(m.y, m.op), "auto"
+    blind = isinstance(m.op, BlindBlur)
+    if sigma_y == "auto":  # a blurry photo is an image whatever its kernel (estimate_sigma_y: blurred reads true)
+        sigma_y, source = estimate_sigma_y(m.y, None if blind else m.op), "auto"
     op = operator_for(method, m.op) if method else m.op
-    x_shape = tuple(m.op.x_shape(m.y))
+    x_shape = blind_x_shape(m.op, m.y) if blind else tuple(m.op.x_shape(m.y))
     s = file_seed(seed, name)
     sidecar = {"task": task, "options": m.options, "seed": s, "sigma_y": float(sigma_y),
                "image_shape": list(x_shape), "original_size": list(m.size),
@@ -388,11 +392,13 @@ def _prepare_real(path: Path, name: str, out: Path, *, task: str, task_options: 
 
 def _finish(p: _Prepared, mean: torch.Tensor, std: torch.Tensor, samples: torch.Tensor, *, method: str,
             steps: int, nfe: int, seconds: float, save_samples: bool,
-            batched: int = 1) -> dict[str, Any]:  # fmt: skip
+            batched: int = 1, kernel: torch.Tensor | None = None) -> dict[str, Any]:  # fmt: skip
     """Write one file's outputs (``samples``: ``(S, 1, C, H, W)``) and return its metrics row.
 
     A volume (several slices) is previewed by its middle slice in the PNGs; DICOM and
     NIfTI inputs also get ``restored.dcm`` / ``restored.nii.gz`` in their own form.
+    ``kernel``: the estimated blur ``(S, K, K)`` of ``--kernel auto``, written as ``kernel.npy``
+    and ``kernel.png`` (:func:`write_kernel`).
     """
     crop, truth, sidecar, out = p.crop, p.truth, p.sidecar, p.out
     mean, std = crop(mean), crop(std)
@@ -429,6 +435,12 @@ def _finish(p: _Prepared, mean: torch.Tensor, std: torch.Tensor, samples: torch.
     }  # fmt: skip
     if p.window is not None:
         row["intensity_window"] = list(p.window)  # values v were restored as (v - lo) / (hi - lo)
+    if p.task == "deblur" and "kernel" in (p.sidecar.get("options") or {}):
+        row["kernel"] = str(p.sidecar["options"]["kernel"])
+    if kernel is not None:
+        write_kernel(out, kernel)
+        row.update(kernel="auto", kernel_size=int(kernel.shape[-1]), kernel_file="kernel.npy",
+                   kernel_preview="kernel.png")  # fmt: skip
     if batched > 1:
         row["batched_with"] = batched  # seconds: the batch's time divided by its images
     if truth is not None:  # a volume: PSNR over all its voxels, SSIM and LPIPS averaged over its slices
@@ -462,6 +474,63 @@ def _write_like_input(p: _Prepared, mean: torch.Tensor, std: torch.Tensor) -> No
         write_image(p.out / "std.nii.gz", std, like=image)
 
 
+#: ``kernel.png`` is at least this many pixels wide (each kernel pixel a square of whole pixels)
+KERNEL_PREVIEW_WIDTH = 200
+
+
+def write_kernel(out: Path, kernel: torch.Tensor) -> None:
+    """``out/kernel.npy``: the estimated kernel ``(K, K)`` (``(S, K, K)`` for a volume's slices), float32,
+    summing to 1, readable back by ``--kernel``; ``out/kernel.png``: the kernel (a volume's middle
+    slice's) scaled to its maximum and enlarged by whole pixels, 8-bit gray, a preview only."""
+    from PIL import Image as PILImage
+    from PIL.PngImagePlugin import PngInfo
+
+    k = kernel.detach().float().cpu().numpy()
+    _save_npy(out / "kernel.npy", torch.from_numpy(k[0] if k.shape[0] == 1 else k))
+    shown = k[k.shape[0] // 2]
+    scale = -(-KERNEL_PREVIEW_WIDTH // shown.shape[-1])
+    gray = np.rint(255 * shown / max(float(shown.max()), 1e-30)).clip(0, 255).astype(np.uint8)
+    big = np.kron(gray, np.ones((scale, scale), dtype=np.uint8))  # nearest neighbour: each tap a square
+    info = PngInfo()
+    info.add_text(PREVIEW_KEY, f"the estimated kernel scaled to its maximum and enlarged {scale}x; the kernel "
+                               f"itself is kernel.npy")  # fmt: skip
+    tmp = out / "kernel.png.tmp"
+    PILImage.fromarray(big, mode="L").save(tmp, format="PNG", pnginfo=info)
+    os.replace(tmp, out / "kernel.png")
+
+
+def blind_x_shape(op: BlindBlur, y: torch.Tensor) -> tuple[int, ...]:
+    """The image a ``BlindBlur``'s runs restore: the photo ``y`` larger by the kernel's size less one ('valid')."""
+    b, c, h, w = y.shape
+    return (b, c, h + op.kernel_size - 1, w + op.kernel_size - 1)
+
+
+def pricing_operator(op: Any) -> Any:
+    """The operator :func:`plan` predicts memory and time on: a ``BlindBlur``'s runs use
+    ``Blur(kernel, padding="valid")`` with a kernel not yet known, priced as a Gaussian of its support."""
+    if isinstance(op, BlindBlur):
+        return Blur(gaussian_kernel(op.kernel_size / 6, op.kernel_size), padding="valid")
+    return op
+
+
+def check_blind_method(method: str) -> None:
+    """A one-line error unless ``method`` can estimate a blur kernel (``invdiff.blind.methods_for_blind``)."""
+    from ..blind import methods_for_blind
+
+    serve = methods_for_blind()
+    if method not in serve:
+        raise ValueError(f"--kernel auto estimates the blur with a sampler that needs no SVD, and method {method!r} "
+                         f"cannot; use --method {', '.join(serve)} (default diffpir)")  # fmt: skip
+
+
+def _check_method(method: str, op: Any, y: torch.Tensor) -> None:
+    """``check_method``, with ``BlindBlur`` (not an operator until its kernel is known) checked by its own list."""
+    if isinstance(op, BlindBlur):
+        check_blind_method(method)
+    else:
+        check_method(method, op, y)
+
+
 def restore_one(path: Path, name: str, out: Path, *, task: str, task_options: dict[str, Any], prior,
                 method: str | None, steps: int | None, sigma_y: float | str, samples: int | None, seed: int,
                 ground_truth: Path | None, save_samples: bool, device: torch.device, measured: bool = False,
@@ -489,6 +558,9 @@ def default_method(task: str, mode: str) -> str:
     """
     return "diffpir" if (task == "deblur" and mode == "real") else "ddrm"
 
+
+#: seconds a restoration without --steps/--samples aims at per image (``invdiff.memory.default_steps_samples``)
+BUDGET_SECONDS = 60.0
 
 #: DiffPIR's conjugate-gradient iterations on a blur without an SVD (a measured photo's 'valid' blur):
 #: early stopping regularises the ill-conditioned data step, and 5 iterations restored two 128x128
@@ -520,29 +592,50 @@ def plan(p: _Prepared, method: str | None, steps: int | None, samples: int | Non
     Memory is predicted for what one sampler call holds: a volume's chunk of
     ``VOLUME_BATCH`` slices, or the ``batch`` files of a group.  Nothing costly is built
     before the prediction passes (a CT operator's dense SVD is made only after it).
+
+    A ``BlindBlur`` (``--kernel auto``) is priced as the 'valid' blur its runs use
+    (:func:`pricing_operator`, one image at a time), and its ``em_iters`` single-sample
+    runs before the final one share the minute with it.
     """
-    from ..memory import check_memory, default_cap, default_steps_samples, fitting_methods
+    from ..memory import check_memory, default_cap, default_steps_samples, fitting_methods, predict_seconds
 
     cap = default_cap() if max_memory is None else int(max_memory)
     shape = tuple(p.sidecar["image_shape"])
-    n = batch or min(shape[0], VOLUME_BATCH)
+    blind = isinstance(p.op, BlindBlur)
+    n = 1 if blind else (batch or min(shape[0], VOLUME_BATCH))  # a blind batch is restored image by image
     x_shape, y = (n, *shape[1:]), p.y[: min(n, p.y.shape[0])]
+    priced = pricing_operator(p.op)
+    em_iters = p.op.em_iters if blind else 0
 
     def auto(m: str) -> tuple[int, int, dict[str, Any]]:
-        k = default_knobs(m, p.op, knobs)
-        a_steps, a_samples = default_steps_samples(m, x_shape, p.prior, op=p.op, knobs=k)
+        k = default_knobs(m, priced, knobs)
+        budget = BUDGET_SECONDS
+        a_steps, a_samples = default_steps_samples(m, x_shape, p.prior, budget, op=priced, knobs=k)
+        for _ in range(3 if em_iters else 0):  # the EM's runs (1 sample each) and the final one in the minute
+            runs = [a_samples] + [1] * em_iters
+            total = sum(predict_seconds(m, x_shape, p.prior, a_steps, s, priced, k) for s in runs)
+            if total <= 1.05 * BUDGET_SECONDS:
+                break
+            budget *= BUDGET_SECONDS / total
+            a_steps, a_samples = default_steps_samples(m, x_shape, p.prior, budget, op=priced, knobs=k)
         return (a_steps if steps is None else steps), (a_samples if samples is None else samples), k
 
     chosen = method or default_method(p.task, p.mode)
+    if blind:
+        check_blind_method(chosen)
     n_steps, n_samples, k = auto(chosen)
     if method is None:
-        fits = fitting_methods(p.op, y, x_shape, p.prior, samples=n_samples, cap=cap)
+        fits = fitting_methods(priced, y, x_shape, p.prior, samples=n_samples, cap=cap)
+        if blind:
+            from ..blind import methods_for_blind
+
+            fits = [m for m in fits if m in methods_for_blind()]
         if fits and chosen not in fits:
             chosen = fits[0]
             n_steps, n_samples, k = auto(chosen)
-    check_memory(chosen, p.op, x_shape, p.prior, samples=n_samples, cap=cap)
+    check_memory(chosen, priced, x_shape, p.prior, samples=n_samples, cap=cap)
     op = operator_for(chosen, p.op)  # a CT operator's dense SVD, for ddrm and ddnm, only now
-    check_method(chosen, op, p.y)
+    _check_method(chosen, op, p.y)
     return chosen, n_steps, n_samples, op, k
 
 
@@ -565,8 +658,18 @@ def _with_steps(callback: Callable[[dict], None] | None, steps: int, chunks: int
 
 def _run(p: _Prepared, *, method: str | None, steps: int | None, samples: int | None, save_samples: bool,
          callback, knobs, max_memory: int | None = None) -> dict[str, Any]:  # fmt: skip
-    """Restore one prepared file (a volume in chunks of slices) and write it."""
+    """Restore one prepared file (a volume in chunks of slices) and write it.
+
+    ``BlindBlur``: one ``restore`` call, which estimates each slice's kernel and runs the
+    sampler ``em_iters + 1`` times per slice; the progress counts the steps of every run.
+    """
     m, n_steps, n_samples, op, knobs = plan(p, method, steps, samples, max_memory, knobs)
+    if isinstance(op, BlindBlur):
+        runs = p.y.shape[0] * (op.em_iters + 1)
+        result = restore(p.y, op, p.prior, method=m, steps=n_steps, sigma_y=p.sigma_y, samples=n_samples,
+                         seed=p.seed, callback=_with_steps(callback, n_steps, runs), **knobs)  # fmt: skip
+        return _finish(p, result.mean, result.std, result.samples, method=m, steps=result.steps, nfe=result.nfe,
+                       seconds=result.seconds, save_samples=save_samples, kernel=result.kernel)  # fmt: skip
     chunks = -(-p.y.shape[0] // VOLUME_BATCH)
     result = restore_batch(p.y, op, p.prior, batch_size=VOLUME_BATCH, method=m, steps=n_steps,
                            sigma_y=p.sigma_y, noise=p.noise, samples=n_samples, seed=p.seed,
@@ -780,7 +883,7 @@ def _probe(files: list[Path], task: str, task_options: dict[str, Any], method: s
 
             # a CT operator's dense SVD is built only after the memory check (plan)
             if not (isinstance(op, Tomography) and "svd" in METHODS.get(method, METHODS["ddrm"]).needs):
-                check_method(method, op, y)
+                _check_method(method, op, y)
         return
 
 

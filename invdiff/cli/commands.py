@@ -20,7 +20,10 @@ MaskFile = Annotated[Optional[str], typer.Option(
 MaskKnown = Annotated[Optional[str], typer.Option(
     "--mask-known", help="inpaint: mask image sized like the input, nonzero = the known pixels.")]
 Kernel = Annotated[Optional[str], typer.Option(
-    help="deblur: gaussian:SIGMA | FILE (image or .npy) | motion:SIZE,INTENSITY (random; --simulate only).")]
+    help="deblur: gaussian:SIGMA | FILE (image or .npy) | auto (estimated from the photo; not with --simulate) "
+         "| motion:SIZE,INTENSITY (random; --simulate only).")]
+KernelSize = Annotated[Optional[int], typer.Option(
+    help="deblur, --kernel auto: odd side of the estimated kernel's support, at least the blur's extent (default 31).")]
 Scale = Annotated[Optional[int], typer.Option(help="sr: factor (default 4).")]
 Filter = Annotated[Optional[str], typer.Option(help="sr: bicubic or box.")]
 Angles = Annotated[Optional[int], typer.Option(help="ct, --simulate: number of views.")]
@@ -283,6 +286,7 @@ def restore_cmd(
     mask: MaskFile = None,
     mask_known: MaskKnown = None,
     kernel: Kernel = None,
+    kernel_size: KernelSize = None,
     scale: Scale = None,
     filter: Filter = None,
     angles: Angles = None,
@@ -332,9 +336,10 @@ def restore_cmd(
     from ..memory import parse_memory
     from ..methods import METHODS
 
-    given = dict(random_mask=random_mask, box=box, mask=mask, mask_known=mask_known, kernel=kernel, scale=scale,
-                 filter=filter, angles=angles, arc=arc, image_size=image_size, dose=dose,
-                 acceleration=acceleration, center_fraction=center_fraction, mask_kind=mask_kind, coils=coils)  # fmt: skip
+    given = dict(random_mask=random_mask, box=box, mask=mask, mask_known=mask_known, kernel=kernel,
+                 kernel_size=kernel_size, scale=scale, filter=filter, angles=angles, arc=arc, image_size=image_size,
+                 dose=dose, acceleration=acceleration, center_fraction=center_fraction, mask_kind=mask_kind,
+                 coils=coils)  # fmt: skip
     if measured:
         flags = {"--task": task, "--window": window, "--simulate": simulate or None, "--sigma-y": sigma_y}
         flags.update({"--" + k.replace("_", "-"): v for k, v in given.items()})
@@ -344,6 +349,12 @@ def restore_cmd(
     elif task is None:
         _fail("--task is required (or --measured for measurements written by 'invdiff degrade')")
     options = {} if measured else _task_options(task, **given)
+    if simulate and options.get("kernel") == "auto":
+        _fail("--kernel auto estimates a real photo's blur; --simulate needs the kernel to blur the clean image with "
+              "(e.g. --kernel gaussian:2.0, or a kernel file)")  # fmt: skip
+    if simulate and options.get("kernel_size") is not None:
+        _fail("--kernel-size applies only with --kernel auto (a real photo's blur, estimated); with --simulate give "
+              "the kernel (e.g. --kernel gaussian:2.0,9)")  # fmt: skip
     if not measured and not simulate:
         from .tasks import check_measured_options
 
@@ -354,6 +365,13 @@ def restore_cmd(
     _check_window(window)
     if method is not None and method not in METHODS:
         _fail(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if method is not None and options.get("kernel") == "auto":
+        from .batch import check_blind_method
+
+        try:
+            check_blind_method(method)
+        except ValueError as e:
+            _fail(str(e))
     for flag, value in (("--steps", steps), ("--samples", samples)):
         if value is not None and value < 1:
             _fail(f"{flag} must be at least 1, got {value}")

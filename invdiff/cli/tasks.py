@@ -15,7 +15,9 @@ Option syntax, as on the command line:
   centred missing square) | ``mask=FILE`` (white/nonzero = the region to fill, as
   OpenCV, LaMa and diffusers read masks) | ``mask_known=FILE`` (nonzero = known);
 * deblur: ``kernel=gaussian:2.0`` | ``kernel=motion:31,0.5`` (size, intensity)
-  | ``kernel=FILE`` (an image or .npy, normalised to sum 1); ``padding``;
+  | ``kernel=FILE`` (an image or .npy, normalised to sum 1) | ``kernel=auto`` (a measured
+  photo only: estimated with the image, ``BlindBlur(kernel_size)``, ``kernel_size`` odd,
+  default 31); ``padding``;
 * sr: ``scale=4``, ``filter=bicubic|box``;
 * mri: ``acceleration=4``, ``center_fraction=0.08``, ``mask_kind=random|equispaced``,
   ``coils=1`` (more: ``MultiCoilMRI`` with simulated birdcage sensitivities);
@@ -38,6 +40,7 @@ import torch
 
 from ..operators import (
     MRI,
+    BlindBlur,
     Blur,
     Colorization,
     Downsampling,
@@ -95,13 +98,24 @@ def read_mask(file: str | Path, size: tuple[int, ...], nonzero: str = "fill") ->
         raise ValueError(f"mask {path}: {e}") from None
 
 
+#: ``--kernel auto``'s default ``--kernel-size``: the side of the support the blind estimate searches
+BLIND_KERNEL_SIZE = 31
+#: the text key ``kernel.png`` carries: the enlarged preview of an estimated kernel, not a kernel to read back
+PREVIEW_KEY = "invdiff-kernel-preview"
+
+
 def parse_kernel(spec: str, generator: torch.Generator | None = None) -> torch.Tensor:
     """``gaussian:SIGMA[,SIZE]`` | ``motion:SIZE,INTENSITY`` | a file (image or .npy) -> a 2-D kernel summing to 1."""
+    if spec == "auto":
+        raise ValueError("--kernel auto estimates the kernel of a real blurry photo; it has no kernel to blur with "
+                         "(to make a measurement give one, e.g. --kernel gaussian:2.0)")  # fmt: skip
     name, _, args = spec.partition(":")
-    try:
-        values = [float(v) for v in args.split(",")] if args else []
-    except ValueError:
-        raise ValueError(f"kernel {spec!r}: parameters must be numbers, e.g. gaussian:2.0 or motion:31,0.5") from None
+    if name in ("gaussian", "motion"):
+        try:
+            values = [float(v) for v in args.split(",")] if args else []
+        except ValueError:
+            raise ValueError(f"kernel {spec!r}: parameters must be numbers, e.g. gaussian:2.0 or motion:31,0.5"
+                             ) from None  # fmt: skip
     if name == "gaussian":
         if not values or values[0] <= 0:
             raise ValueError(f"kernel {spec!r}: give a positive width, e.g. gaussian:2.0")
@@ -113,19 +127,49 @@ def parse_kernel(spec: str, generator: torch.Generator | None = None) -> torch.T
     path = Path(spec)
     if not path.is_file():
         raise ValueError(f"kernel {spec!r} is neither gaussian:SIGMA, motion:SIZE,INTENSITY nor an existing file")
-    if path.suffix.lower() == ".npy":
-        k = np.load(path, allow_pickle=False)
-    else:
-        from skimage import io
+    return read_kernel(path)
 
-        k = io.imread(path, as_gray=True)
-    k = np.asarray(k, dtype=np.float64)
-    if k.ndim != 2 or not np.isfinite(k).all() or k.min() < 0 or k.sum() <= 0:
-        raise ValueError(f"kernel file {path}: need a 2-D, finite, non-negative array with a positive sum")
+
+def read_kernel(path: Path) -> torch.Tensor:
+    """The 2-D kernel in an image or ``.npy`` file, normalised to sum 1; a one-line error naming the file otherwise."""
+    try:
+        if path.suffix.lower() == ".npy":
+            k = np.load(path, allow_pickle=False)
+        else:
+            from PIL import Image as PILImage
+            from skimage import io
+
+            with PILImage.open(path) as im:
+                if PREVIEW_KEY in getattr(im, "text", {}):
+                    raise ValueError(f"kernel file {path} is the enlarged preview of an estimated kernel; pass the "
+                                     f"kernel.npy beside it")  # fmt: skip
+            k = io.imread(path, as_gray=True)
+        k = np.asarray(k, dtype=np.float64)
+    except ValueError as e:
+        if str(e).startswith("kernel file"):
+            raise
+        raise ValueError(f"kernel file {path}: cannot read it as a kernel ({str(e).splitlines()[0]})") from None
+    except (OSError, TypeError, EOFError) as e:
+        raise ValueError(f"kernel file {path}: cannot read it as an image or .npy array ({e})") from None
+    if k.ndim == 3 and k.shape[0] == 1:  # one kernel of a (B, K, K) batch, as Result.kernel holds them
+        k = k[0]
+    if k.ndim != 2 or k.size == 0:
+        raise ValueError(f"kernel file {path}: need a 2-D array (rows x columns), got shape {k.shape}")
+    if not np.isfinite(k).all():
+        raise ValueError(f"kernel file {path}: need a 2-D, finite, non-negative array; it has NaN or infinite values")
+    if k.min() < 0:
+        raise ValueError(f"kernel file {path}: need a 2-D, finite, non-negative array; its smallest value is "
+                         f"{k.min():g}")  # fmt: skip
+    if not k.sum() > 0:
+        raise ValueError(f"kernel file {path}: need a 2-D, finite, non-negative array with a positive sum; "
+                         f"it is all zero")  # fmt: skip
     return torch.from_numpy(k / k.sum()).float()
 
 
 def _deblur(shape: tuple[int, ...], opt: dict[str, Any], g: torch.Generator) -> Operator:
+    if opt.get("kernel_size") is not None:
+        raise ValueError("--kernel-size is the support of --kernel auto, which estimates a real photo's kernel; "
+                         "with --simulate give the kernel to blur with (e.g. --kernel gaussian:2.0)")  # fmt: skip
     kernel = parse_kernel(str(opt["kernel"]), generator=g)
     if kernel.shape[0] > shape[-2] or kernel.shape[1] > shape[-1]:
         raise ValueError(f"kernel of size {tuple(kernel.shape)} is larger than the image {tuple(shape[-2:])}")
@@ -189,7 +233,8 @@ def _colorize(shape: tuple[int, ...], opt: dict[str, Any], g: torch.Generator) -
 TASKS: dict[str, Task] = {
     "inpaint": Task(_inpaint, {"random_mask": None, "box": None, "mask": None, "mask_known": None},
                     "fill in missing pixels"),
-    "deblur": Task(_deblur, {"kernel": "gaussian:2.0", "padding": "circular"}, "remove a known blur"),
+    "deblur": Task(_deblur, {"kernel": "gaussian:2.0", "padding": "circular", "kernel_size": None},
+                   "remove a blur (known; or estimated: kernel=auto, measured photos)"),
     "sr": Task(_sr, {"scale": 4, "filter": "bicubic"}, "super-resolution by an integer factor"),
     "denoise": Task(lambda s, o, g: Identity(), {}, "remove noise"),
     "colorize": Task(_colorize, {}, "gray to RGB"),
@@ -244,8 +289,11 @@ def stack_operators(ops: list[Operator]) -> Operator | None:
     Identical operators (no random part, or the same mask/kernel file) stack as
     themselves; inpainting operators with different masks of one size stack into
     one with a mask per image.  Anything else (e.g. per-file random motion
-    kernels) has no batched form here, and those files are restored one by one.
+    kernels, or ``BlindBlur``: each photo's kernel is its own) has no batched form
+    here, and those files are restored one by one.
     """
+    if any(isinstance(o, BlindBlur) for o in ops):
+        return None
     if all(_same_operator(ops[0], o) for o in ops[1:]):
         return ops[0]
     if all(type(o) is Inpainting for o in ops):
@@ -287,7 +335,7 @@ SIMULATION_ONLY: dict[str, tuple[str, ...]] = {
 
 #: what each task takes as a measured input (named in the errors about simulation-only options)
 MEASURED_INPUT = {
-    "deblur": "the blurry image (a known kernel: gaussian:SIGMA or a kernel file)",
+    "deblur": "the blurry image and its kernel: --kernel gaussian:SIGMA, a kernel file, or --kernel auto (estimated)",
     "sr": "the low-resolution image; the output is --scale times its size",
     "inpaint": "the damaged image, with --mask FILE (white = fill), --mask-known FILE or an alpha channel",
     "denoise": "the noisy image",
@@ -316,15 +364,33 @@ def _whole(t: torch.Tensor) -> torch.Tensor:
 
 
 def check_measured_options(task: str, options: dict[str, Any]) -> None:
-    """A one-line error for options that only apply with ``--simulate``."""
+    """A one-line error for options that only apply with ``--simulate``, and for a deblurring without its kernel."""
     wrong = [k for k in SIMULATION_ONLY.get(task, ()) if options.get(k) is not None]
-    if task == "deblur" and str(options.get("kernel", "")).startswith("motion:"):
-        raise ValueError("--kernel motion:SIZE,INTENSITY draws a random kernel and only applies with --simulate; "
-                         "for a real photo give the kernel: gaussian:SIGMA or a kernel image/.npy file")  # fmt: skip
+    if task == "deblur":
+        _check_measured_kernel(options)
     if wrong:
         flags = ", ".join("--" + k.replace("_", "-") for k in wrong)
         raise ValueError(f"{flags} only apply with --simulate (invdiff makes the measurement); a measured "
                          f"--task {task} input is {MEASURED_INPUT[task]}")  # fmt: skip
+
+
+def _check_measured_kernel(options: dict[str, Any]) -> None:
+    """A real photo's deblurring needs ``kernel``: a known one, or ``auto`` with an odd ``kernel_size`` >= 3."""
+    kernel, size = options.get("kernel"), options.get("kernel_size")
+    if kernel is None:
+        raise ValueError("--task deblur on a real photo needs its blur: --kernel auto (estimate it; --kernel-size N "
+                         "bounds its support, default 31), --kernel gaussian:SIGMA, or --kernel FILE (an image or .npy "
+                         "of the kernel)")  # fmt: skip
+    if str(kernel).startswith("motion:"):
+        raise ValueError("--kernel motion:SIZE,INTENSITY draws a random kernel and only applies with --simulate; "
+                         "for a real photo give the kernel (gaussian:SIGMA, a kernel image/.npy file) "
+                         "or --kernel auto")  # fmt: skip
+    if size is not None:
+        if str(kernel) != "auto":
+            raise ValueError(f"--kernel-size is the support of the estimated kernel and applies only with --kernel "
+                             f"auto (the kernel {kernel} has its own size)")  # fmt: skip
+        if isinstance(size, bool) or int(size) != size or size < 3 or size % 2 == 0:
+            raise ValueError(f"--kernel-size must be an odd integer >= 3 (the kernel has a centre pixel), got {size}")
 
 
 def measured_operator(task: str, y: torch.Tensor, options: dict[str, Any] | None = None,
@@ -337,7 +403,9 @@ def measured_operator(task: str, y: torch.Tensor, options: dict[str, Any] | None
     * deblur: a 'valid' convolution (``Blur(kernel, padding="valid")``) from an image larger
       than the photo by the kernel's size less one: real photos are not periodic, and every
       measured pixel is a blur of pixels the model has, so no border artefact is forced.  The
-      output is the photo's region of the restored image.
+      output is the photo's region of the restored image.  ``kernel=auto``: ``BlindBlur(kernel_size)``,
+      whose kernel ``invdiff.restore`` estimates on the same 'valid' model and whose result is
+      the photo's region already (the crop is the identity).
     * sr: ``Downsampling(scale)`` from an image ``scale`` times the input's size.
     * inpaint: ``Inpainting`` with the mask file's (or the alpha channel's) known pixels.
     * denoise: ``Identity``; colorize: ``Colorization`` from RGB to the gray input.
@@ -352,6 +420,12 @@ def measured_operator(task: str, y: torch.Tensor, options: dict[str, Any] | None
     check_measured_options(task, options)
     opt = {**TASKS[task].options, **options}
     b, c, h, w = y.shape
+    if task == "deblur" and str(opt["kernel"]) == "auto":
+        size = int(opt["kernel_size"] or BLIND_KERNEL_SIZE)
+        if size > min(h, w):
+            raise ValueError(f"--kernel-size {size} is larger than the image {h}x{w}; give a smaller odd --kernel-size "
+                             f"(the blur's extent at most)")  # fmt: skip
+        return Measured(y, BlindBlur(size), _whole, (h, w), {"kernel": "auto", "kernel_size": size})
     if task == "deblur":
         kernel = parse_kernel(str(opt["kernel"]))
         kh, kw = kernel.shape

@@ -1,0 +1,130 @@
+"""Blind deblurring (``invdiff.blind``, ``operators.BlindBlur``): the kernel step, the classical start, the API."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from skimage import data
+
+import invdiff
+from invdiff.blind import (
+    centre_kernel,
+    classical_kernel,
+    clean_kernel,
+    estimate_kernel,
+    kernel_ncc,
+    methods_for_blind,
+    snap,
+)
+from invdiff.operators import BlindBlur, Blur, gaussian_kernel, motion_kernel
+
+
+def _camera(size: int, top: int = 140, left: int = 180) -> torch.Tensor:
+    return torch.from_numpy(data.camera()[top : top + size, left : left + size] / 255.0).float()[None, None]
+
+
+def _blurred(kernel: torch.Tensor, size: int, sigma: float = 0.01, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    x = _camera(size + kernel.shape[-1] - 1)
+    y = Blur(kernel, padding="valid")(x)
+    return x, y + sigma * torch.randn(y.shape, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("kernel", [gaussian_kernel(1.5, 15), motion_kernel(15, 0.5, torch.Generator().manual_seed(11))])
+def test_estimate_kernel_from_the_sharp_image(kernel):
+    x, y = _blurred(kernel, 120)
+    raw = estimate_kernel(x[0], y[0], 15)
+    assert raw.shape == (15, 15) and raw.min() >= 0 and abs(float(raw.sum()) - 1) < 1e-5
+    k = clean_kernel(raw)
+    assert k.shape == (15, 15) and k.min() >= 0 and abs(float(k.sum()) - 1) < 1e-5
+    assert kernel_ncc(k, kernel) > 0.95
+    # the same kernel, flipped, explains the data worse: the convolution convention is the operator's
+    flipped = clean_kernel(estimate_kernel(x[0], y[0].flip(-1, -2), 15))
+    assert kernel_ncc(flipped, kernel) < kernel_ncc(k, kernel)
+
+
+def test_classical_start_finds_a_gaussian_and_no_blur_gives_a_near_delta():
+    kernel = gaussian_kernel(1.5, 15)
+    _, y = _blurred(kernel, 160)
+    k, x = classical_kernel(y[0], 15)
+    assert kernel_ncc(k, kernel) > 0.9
+    assert x.shape == y[0].shape
+    # a sharp image: the estimate concentrates at the centre instead of inventing a blur
+    sharp = _camera(256, 100, 100) + 0.01 * torch.randn(1, 1, 256, 256, generator=torch.Generator().manual_seed(0))
+    k0 = snap(classical_kernel(sharp[0], 15)[0])  # the start restore uses
+    assert float(k0[6:9, 6:9].sum()) > 0.9  # where the Gaussian of std 1.5 holds 0.37
+
+
+def test_kernel_helpers():
+    k = torch.zeros(9, 9)
+    k[1, 1], k[2, 2], k[8, 0] = 1.0, 1.0, 0.01
+    c = clean_kernel(k)
+    assert c[8, 0] == 0 and abs(float(c.sum()) - 1) < 1e-6  # below a tenth of the maximum
+    m = centre_kernel(c)
+    idx = torch.arange(9.0)
+    assert abs(float((m.sum(1) * idx).sum()) - 4) <= 0.5 and abs(float((m.sum(0) * idx).sum()) - 4) <= 0.5
+    g = gaussian_kernel(1.0, 9)
+    assert kernel_ncc(g, torch.roll(g, 2, -1)) > 0.999  # shift-invariant
+    assert kernel_ncc(g, gaussian_kernel(3.0, 9)) < 0.95
+
+
+def test_restore_blind_returns_the_photo_and_its_kernel():
+    kernel = gaussian_kernel(1.2, 9)
+    _, y = _blurred(kernel, 40)
+    prior = invdiff.priors.load_prior("natural-gray")
+    res = invdiff.restore(torch.cat([y, y.flip(-1)]), BlindBlur(9, em_iters=1), prior, method="diffpir", steps=3,
+                          sigma_y=0.01, samples=2)  # fmt: skip
+    assert res.mean.shape == (2, 1, 40, 40) and res.samples.shape == (2, 2, 1, 40, 40)
+    assert res.kernel.shape == (2, 9, 9)
+    assert torch.allclose(res.kernel.sum((-1, -2)), torch.ones(2), atol=1e-5) and res.kernel.min() >= 0
+    assert res.nfe >= 2 * 3  # the E-step run and the final run, per image
+    # a given start with no EM rounds is returned as it is
+    res0 = invdiff.restore(y, BlindBlur(9, init=kernel, em_iters=0), prior, method="diffpir", steps=2, sigma_y=0.01)
+    assert torch.allclose(res0.kernel[0], kernel / kernel.sum())
+
+
+def test_blind_errors():
+    prior = invdiff.priors.load_prior("natural-gray")
+    y = torch.rand(1, 1, 24, 24)
+    with pytest.raises(ValueError, match="diffpir"):
+        invdiff.restore(y, BlindBlur(9), prior, method="ddrm", sigma_y=0.01)
+    with pytest.raises(ValueError, match="larger than the image"):
+        invdiff.restore(y, BlindBlur(31), prior, method="diffpir", sigma_y=0.01)
+    for bad in (4, 1, 2.5, True):
+        with pytest.raises(ValueError, match="odd integer"):
+            BlindBlur(bad)
+    with pytest.raises(ValueError, match="init must be"):
+        BlindBlur(9, init=torch.ones(7, 7))
+    with pytest.raises(ValueError, match="non-negative"):
+        BlindBlur(3, init=-torch.ones(3, 3))
+    with pytest.raises(ValueError, match="no kernel yet"):
+        BlindBlur(9)(y)
+    assert "diffpir" in methods_for_blind() and "ddrm" not in methods_for_blind()
+
+
+def test_kernel_ncc_is_bounded():
+    a = F.pad(torch.ones(1, 1), (4, 4, 4, 4))
+    assert abs(kernel_ncc(a, a) - 1) < 1e-9
+
+
+@pytest.mark.parametrize("padding", ["valid", "reflect"])
+def test_large_kernels_blur_by_the_fft_exactly(padding):
+    # kernels above FFT_KERNEL_PIXELS run by the FFT: the same numbers as conv2d, and an exact adjoint
+    from invdiff.operators.blur import FFT_KERNEL_PIXELS
+
+    k = motion_kernel(15, 0.7, torch.Generator().manual_seed(2)).double()
+    assert k.numel() > FFT_KERNEL_PIXELS
+    x = torch.rand(2, 3, 40, 36, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    op = Blur(k, padding=padding)
+    xp = x if padding == "valid" else F.pad(x, (7, 7, 7, 7), mode="reflect")
+    direct = F.conv2d(xp.reshape(6, 1, *xp.shape[-2:]), k.flip(-1, -2)[None, None]).reshape(2, 3, *op(x).shape[-2:])
+    assert torch.allclose(op(x), direct, atol=1e-12)
+    r = torch.rand_like(direct)
+    assert torch.allclose((op(x) * r).sum(), (x * op.adjoint(r)).sum(), rtol=1e-12)
+    assert op(x.float()).dtype == torch.float32
+
+
+def test_blind_kernel_size_is_bounded():
+    with pytest.raises(ValueError, match="downscale"):
+        BlindBlur(77)
+    assert BlindBlur(75).kernel_size == 75
