@@ -568,7 +568,11 @@ def seconds_per_call(prior: Prior, x_shape: Sequence[int], batch: int = 1, metho
 
 #: seconds of one ``A`` plus ``A^T`` of a direct (non-FFT) blur per pixel: ``a + b * taps``, fitted to
 #: 13x13 and 25x25 'valid' Gaussian blurs of 256x256 and 512x512 images on the 2-core CPU above
+#: when they ran by conv2d / conv_transpose2d (an upper bound for the kernels that still run directly)
 BLUR_PAIR_SECONDS = (2.2e-7, 4.3e-10)
+#: the same for kernels above ``operators.blur.FFT_KERNEL_PIXELS``, applied by the FFT: 1.6e-8 to 5.3e-8
+#: measured for 13x13 and 25x25 kernels on 256x256 and 512x512 images; the larger value is used
+BLUR_FFT_PAIR_SECONDS = 5.3e-8
 #: methods that solve with conjugate gradients on operators without an SVD (``cg_iters`` per step)
 CG_METHODS = frozenset({"diffpir", "pigdm"})
 
@@ -583,9 +587,12 @@ def operator_seconds(method: str, op: Any, x_shape: Sequence[int], steps: int, s
         return 0.0
     cg = int({**METHODS[method].knobs, **(knobs or {})}.get("cg_iters", 0))
     b, c, h, w = (int(v) for v in x_shape)
+    from .operators.blur import FFT_KERNEL_PIXELS
+
     taps = int(op.kernel.shape[-2]) * int(op.kernel.shape[-1])
     a, per_tap = BLUR_PAIR_SECONDS
-    return (steps + 1) * cg * samples * b * c * h * w * (a + per_tap * taps)
+    per_pixel = BLUR_FFT_PAIR_SECONDS if taps > FFT_KERNEL_PIXELS else a + per_tap * taps
+    return (steps + 1) * cg * samples * b * c * h * w * per_pixel
 
 
 def predict_seconds(method: str, x_shape: Sequence[int], prior: Prior, steps: int, samples: int,
