@@ -42,7 +42,6 @@ Gaussian family, with no weights to download.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -53,8 +52,6 @@ from torch import Tensor
 
 from .methods import METHODS
 from .operators import BlindBlur, Blur
-from .priors.base import Prior
-from .restore import Result, restore
 
 #: DiffPIR's conjugate-gradient iterations on the 'valid' blur (as the command line's deblurring default)
 BLIND_CG_ITERS = 5
@@ -327,9 +324,9 @@ def methods_for_blind() -> list[str]:
 
 
 def estimate_blind(
-    y: Tensor, blind: BlindBlur, run: Callable[[Blur], Result],
-) -> tuple[Tensor, list[Tensor], Result | None]:
-    """Kernel of one blurry image ``y`` ``(1, C, H, W)`` by EM around ``run(op) -> Result``.
+    y: Tensor, blind: BlindBlur, run: Callable[[Blur], Any],
+) -> tuple[Tensor, list[Tensor], Any]:
+    """Kernel of one blurry image ``y`` ``(1, C, H, W)`` by EM around ``run(op)``, a ``restore`` of one sample.
 
     Returns the kernel ``(K, K)``, its estimates from the start on, and the E-step's
     last result (drawn with the kernel before the final one).
@@ -363,63 +360,3 @@ def snap(k: Tensor, threshold: float = SNAP_NCC) -> Tensor:
     if ncc < threshold:
         return k
     return centre_kernel(g)
-
-
-def restore_blind(
-    y: Tensor, blind: BlindBlur, prior: Prior, method: str, steps: int | None, sigma_y: float | str | None,
-    samples: int, seed: int, generator: torch.Generator | None, callback: Callable[[dict], None] | None,
-    sigma_max: float | None, knobs: dict[str, Any], noise: Any | None = None,
-) -> Result:
-    """``invdiff.restore`` for a ``BlindBlur``: kernel by EM per image, then the final non-blind run.
-
-    Each image of the batch gets its own kernel.  The E-steps draw one sample with
-    ``blind.em_steps`` steps (default: ``steps``); the final run draws ``samples``
-    with ``steps``.  The result is the photo's region (``y``'s size), with
-    ``Result.kernel`` ``(B, K, K)``; ``nfe`` and ``seconds`` count every run.
-    """
-    if noise is not None:
-        raise ValueError("a BlindBlur takes Gaussian noise through sigma_y (a number or 'auto'), not noise=")
-    if not isinstance(y, Tensor) or y.dim() != 4:
-        raise ValueError(f"y must be a torch.Tensor of shape (B, C, H, W), got {getattr(y, 'shape', type(y))}")
-    serve = methods_for_blind()
-    if method not in serve:
-        raise ValueError(f"method {method!r} cannot estimate a blur kernel (the blind model has no SVD); "
-                         f"use one of {', '.join(serve)}")  # fmt: skip
-    size = blind.kernel_size
-    b, c, h, w = y.shape
-    if size > min(h, w):
-        raise ValueError(f"kernel size {size} is larger than the image {h}x{w}; give a smaller --kernel-size")
-    if method == "diffpir" and "cg_iters" not in knobs:
-        knobs = {**knobs, "cg_iters": BLIND_CG_ITERS}
-    if isinstance(sigma_y, str) and sigma_y == "auto":
-        from .noise_level import estimate_sigma_y
-
-        sigma_y = float(estimate_sigma_y(y))
-    start = time.perf_counter()
-    top = size - 1 - size // 2
-    means, stds, draws, kernels, nfe, last = [], [], [], [], 0, None
-    for i in range(b):
-        yi = y[i : i + 1]
-
-        def run(op: Blur, n: int = 1, s: int | None = blind.em_steps) -> Result:
-            return restore(yi, op, prior, method=method, steps=s if s is not None else steps, sigma_y=sigma_y,
-                           samples=n, seed=seed + i, generator=generator, callback=callback, sigma_max=sigma_max,
-                           **knobs)  # fmt: skip
-
-        k, _, em = estimate_blind(yi, blind, run)
-        last = run(Blur(k.to(y.device), padding="valid"), samples, steps)
-        nfe += last.nfe + (em.nfe * blind.em_iters if em is not None else 0)
-
-        def region(t: Tensor) -> Tensor:
-            return t[..., top : top + h, top : top + w]
-
-        means.append(region(last.mean))
-        stds.append(region(last.std))
-        draws.append(region(last.samples))
-        kernels.append(k.to(y.device))
-    assert last is not None
-    return Result(
-        mean=torch.cat(means), std=torch.cat(stds), samples=torch.cat(draws, dim=1), nfe=nfe,
-        seconds=time.perf_counter() - start, method=method, steps=last.steps, knobs=last.knobs, dtype=last.dtype,
-        padded=last.padded, sigma_y=last.sigma_y, kernel=torch.stack(kernels),
-    )

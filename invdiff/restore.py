@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from .methods import METHODS, Method
-from .operators.blur import BlindBlur
+from .operators.blur import BlindBlur, Blur
 from .operators.embed import crop, embed
 from .priors.base import Prior
 from .priors.latent import LatentPrior
@@ -199,10 +199,8 @@ def restore(
         ``Result`` with mean, std, samples, nfe, timing, the compute dtype and the padding.
     """
     if isinstance(op, BlindBlur):  # the kernel is unknown: estimated with the image (invdiff.blind)
-        from .blind import restore_blind
-
         _check_y(y)
-        return restore_blind(y, op, prior, method, steps, sigma_y, samples, seed, generator, callback, sigma_max,
+        return _restore_blind(y, op, prior, method, steps, sigma_y, samples, seed, generator, callback, sigma_max,
                              knobs, noise)  # fmt: skip
     # Validate everything before any sampling.
     _check_y(y)
@@ -469,3 +467,65 @@ def _check_devices(prior: Prior, op: Operator, y: Tensor, generator: torch.Gener
         raise ValueError(f"operator is on {place[0]} but y is on {y.device}; move it with op.to(y.device)")
     if generator is not None and not _same_device(generator.device, y.device):
         raise ValueError(f"generator is on {generator.device} but y is on {y.device}; create it on y.device")
+
+
+def _restore_blind(
+    y: Tensor, blind: BlindBlur, prior: Prior, method: str, steps: int | None, sigma_y: float | str | None,
+    samples: int, seed: int, generator: torch.Generator | None, callback: Callable[[dict], None] | None,
+    sigma_max: float | None, knobs: dict[str, Any], noise: Any | None = None,
+) -> Result:
+    """``invdiff.restore`` for a ``BlindBlur``: kernel by EM per image, then the final non-blind run.
+
+    Each image of the batch gets its own kernel.  The E-steps draw one sample with
+    ``blind.em_steps`` steps (default: ``steps``); the final run draws ``samples``
+    with ``steps``.  The result is the photo's region (``y``'s size), with
+    ``Result.kernel`` ``(B, K, K)``; ``nfe`` and ``seconds`` count every run.
+    """
+    if noise is not None:
+        raise ValueError("a BlindBlur takes Gaussian noise through sigma_y (a number or 'auto'), not noise=")
+    if not isinstance(y, Tensor) or y.dim() != 4:
+        raise ValueError(f"y must be a torch.Tensor of shape (B, C, H, W), got {getattr(y, 'shape', type(y))}")
+    from .blind import BLIND_CG_ITERS, estimate_blind, methods_for_blind
+
+    serve = methods_for_blind()
+    if method not in serve:
+        raise ValueError(f"method {method!r} cannot estimate a blur kernel (the blind model has no SVD); "
+                         f"use one of {', '.join(serve)}")  # fmt: skip
+    size = blind.kernel_size
+    b, c, h, w = y.shape
+    if size > min(h, w):
+        raise ValueError(f"kernel size {size} is larger than the image {h}x{w}; give a smaller --kernel-size")
+    if method == "diffpir" and "cg_iters" not in knobs:
+        knobs = {**knobs, "cg_iters": BLIND_CG_ITERS}
+    if isinstance(sigma_y, str) and sigma_y == "auto":
+        from .noise_level import estimate_sigma_y
+
+        sigma_y = float(estimate_sigma_y(y))
+    start = time.perf_counter()
+    top = size - 1 - size // 2
+    means, stds, draws, kernels, nfe, last = [], [], [], [], 0, None
+    for i in range(b):
+        yi = y[i : i + 1]
+
+        def run(op: Blur, n: int = 1, s: int | None = blind.em_steps) -> Result:
+            return restore(yi, op, prior, method=method, steps=s if s is not None else steps, sigma_y=sigma_y,
+                           samples=n, seed=seed + i, generator=generator, callback=callback, sigma_max=sigma_max,
+                           **knobs)  # fmt: skip
+
+        k, _, em = estimate_blind(yi, blind, run)
+        last = run(Blur(k.to(y.device), padding="valid"), samples, steps)
+        nfe += last.nfe + (em.nfe * blind.em_iters if em is not None else 0)
+
+        def region(t: Tensor) -> Tensor:
+            return t[..., top : top + h, top : top + w]
+
+        means.append(region(last.mean))
+        stds.append(region(last.std))
+        draws.append(region(last.samples))
+        kernels.append(k.to(y.device))
+    assert last is not None
+    return Result(
+        mean=torch.cat(means), std=torch.cat(stds), samples=torch.cat(draws, dim=1), nfe=nfe,
+        seconds=time.perf_counter() - start, method=method, steps=last.steps, knobs=last.knobs, dtype=last.dtype,
+        padded=last.padded, sigma_y=last.sigma_y, kernel=torch.stack(kernels),
+    )
