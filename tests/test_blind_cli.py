@@ -70,6 +70,7 @@ def test_kernel_auto_writes_the_kernel_and_reads_it_back(photo, tmp_path):
     assert abs((k.sum(1) * i).sum()) <= 1.0 and abs((k.sum(0) * i).sum()) <= 1.0  # centred (whole pixels)
     row = json.loads((folder / "metrics.json").read_text())
     assert (row["kernel"], row["kernel_size"], row["kernel_file"]) == ("auto", 9, "kernel.npy")
+    assert isinstance(row["kernel_fills_support"], bool)
     assert row["method"] == "diffpir" and row["steps"] == 3 and row["output_size"] == [SIZE, SIZE]
     assert row["nfe"] == 3 * (BlindBlur(9).em_iters + 1)  # the EM rounds and the final run, 3 steps each
     # the preview: 8-bit gray, the kernel scaled to its maximum, each tap a square of 23 pixels
@@ -153,3 +154,16 @@ def test_memory_cap_prices_the_blind_runs_without_crashing(photo, tmp_path):
     assert r.exit_code == 1
     # priced as the 'valid' blur of an image larger than the photo by the support less one
     assert "failed: soft: diffpir would need about" in r.output and "48x48 image" in r.output, r.output
+
+
+def test_a_kernel_filling_its_support_is_flagged():
+    from invdiff.cli.batch import fills_support
+
+    line = torch.zeros(1, 9, 9)
+    line[0, 4, 1:8] = 1 / 7  # 7 of 9 pixels: reaches within one pixel of both sides
+    assert fills_support(line)
+    blob = gaussian_kernel(0.8, 9)[None]
+    assert not fills_support(blob / blob.sum() * (blob > 0.01))
+    tall = torch.zeros(1, 9, 9)
+    tall[0, :, 4] = 1 / 9
+    assert fills_support(tall)

@@ -441,6 +441,7 @@ def _finish(p: _Prepared, mean: torch.Tensor, std: torch.Tensor, samples: torch.
         write_kernel(out, kernel)
         row.update(kernel="auto", kernel_size=int(kernel.shape[-1]), kernel_file="kernel.npy",
                    kernel_preview="kernel.png")  # fmt: skip
+        row["kernel_fills_support"] = fills_support(kernel)
     if batched > 1:
         row["batched_with"] = batched  # seconds: the batch's time divided by its images
     if truth is not None:  # a volume: PSNR over all its voxels, SSIM and LPIPS averaged over its slices
@@ -497,6 +498,18 @@ def write_kernel(out: Path, kernel: torch.Tensor) -> None:
     tmp = out / "kernel.png.tmp"
     PILImage.fromarray(big, mode="L").save(tmp, format="PNG", pnginfo=info)
     os.replace(tmp, out / "kernel.png")
+
+
+def fills_support(kernel: torch.Tensor) -> bool:
+    """Whether an estimated kernel ``(S, K, K)`` reaches within one pixel of its window's edges along an axis:
+    the blur may be longer than ``--kernel-size`` (e.g. ``clock_motion.png``'s 40-pixel shake at 31)."""
+    k = kernel.detach().float().cpu().sum(0)
+    size = k.shape[-1]
+    for profile in (k.sum(1), k.sum(0)):
+        nz = torch.nonzero(profile > 0)[:, 0]
+        if len(nz) and int(nz.max() - nz.min() + 1) >= size - 2:
+            return True
+    return False
 
 
 def blind_x_shape(op: BlindBlur, y: torch.Tensor) -> tuple[int, ...]:

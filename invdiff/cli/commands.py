@@ -458,6 +458,9 @@ def restore_cmd(
                 detail += f"sigma_y {row['sigma_y']:.4f} (estimated), "
             took = f"{row['method']} {row['steps']} steps x {row['samples']}, {row['seconds']:.1f} s" if row else ""
             bars.console.print(f"{status:8s} {name} {detail}{took}".rstrip())
+            if row and row.get("kernel_fills_support"):
+                bars.console.print(f"note     {name}: the estimated kernel fills its {row['kernel_size']}-pixel "
+                                   "support; the blur may be longer: try a larger --kernel-size")  # fmt: skip
 
     def on_step(info: dict) -> None:
         total = int(info.get("steps", n_steps))
