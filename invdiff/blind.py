@@ -52,10 +52,7 @@ from torch import Tensor
 
 from .methods import METHODS
 from .operators import BlindBlur, Blur
-
-#: DiffPIR's conjugate-gradient iterations on the 'valid' blur (as the command line's deblurring default)
-BLIND_CG_ITERS = 5
-
+from .operators.blur import transfer_function
 
 # ----------------------------------------------------------------------------- kernel maths
 
@@ -222,14 +219,6 @@ def fit_gaussian(k: Tensor) -> tuple[Tensor, float]:
 # ----------------------------------------------------------------------------- classical start
 
 
-def _psf2otf(k: Tensor, shape: tuple[int, int]) -> Tensor:
-    kh, kw = k.shape
-    pad = torch.zeros(shape, dtype=k.dtype, device=k.device)
-    pad[:kh, :kw] = k
-    pad = torch.roll(pad, shifts=(-(kh // 2), -(kw // 2)), dims=(0, 1))
-    return torch.fft.fft2(pad)
-
-
 def l0_deconvolve(y: Tensor, k: Tensor, lam: float, beta_max: float = 1e5) -> Tensor:
     """``argmin_x ||k * x - y||^2 + lam ||grad x||_0`` by half-quadratic splitting (Xu et al. 2013).
 
@@ -240,7 +229,7 @@ def l0_deconvolve(y: Tensor, k: Tensor, lam: float, beta_max: float = 1e5) -> Te
     p = k.shape[-1]
     yp = F.pad(y[None].double(), (p, p, p, p), mode="reflect")[0] if min(h, w) > p else y.double()
     H, W = yp.shape[-2:]
-    K = _psf2otf(k.double(), (H, W))[..., : W // 2 + 1]  # real-input FFTs: half the spectrum
+    K = transfer_function(k.double(), (H, W))[..., : W // 2 + 1]  # real-input FFTs: half the spectrum
     dx = torch.zeros(H, W, dtype=torch.float64)
     dx[0, 0], dx[0, -1] = -1, 1
     dy = torch.zeros(H, W, dtype=torch.float64)
@@ -321,6 +310,14 @@ def classical_kernel(
 def methods_for_blind() -> list[str]:
     """The methods that serve ``BlindBlur``: pixel samplers for a linear operator without an SVD."""
     return [name for name, m in METHODS.items() if m.needs <= {"linear"}]
+
+
+def check_blind_method(method: str) -> None:
+    """A one-line ``ValueError`` unless ``method`` can estimate a blur kernel (``methods_for_blind``)."""
+    serve = methods_for_blind()
+    if method not in serve:
+        raise ValueError(f"method {method!r} cannot estimate a blur kernel (BlindBlur, --kernel auto: the blind "
+                         f"model has no SVD); use --method {', '.join(serve)} (default diffpir)")  # fmt: skip
 
 
 def estimate_blind(

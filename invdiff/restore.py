@@ -483,20 +483,16 @@ def _restore_blind(
     """
     if noise is not None:
         raise ValueError("a BlindBlur takes Gaussian noise through sigma_y (a number or 'auto'), not noise=")
-    if not isinstance(y, Tensor) or y.dim() != 4:
-        raise ValueError(f"y must be a torch.Tensor of shape (B, C, H, W), got {getattr(y, 'shape', type(y))}")
-    from .blind import BLIND_CG_ITERS, estimate_blind, methods_for_blind
+    from .blind import check_blind_method, estimate_blind
+    from .samplers.diffpir import VALID_BLUR_CG_ITERS
 
-    serve = methods_for_blind()
-    if method not in serve:
-        raise ValueError(f"method {method!r} cannot estimate a blur kernel (the blind model has no SVD); "
-                         f"use one of {', '.join(serve)}")  # fmt: skip
+    check_blind_method(method)
     size = blind.kernel_size
     b, c, h, w = y.shape
     if size > min(h, w):
         raise ValueError(f"kernel size {size} is larger than the image {h}x{w}; give a smaller --kernel-size")
     if method == "diffpir" and "cg_iters" not in knobs:
-        knobs = {**knobs, "cg_iters": BLIND_CG_ITERS}
+        knobs = {**knobs, "cg_iters": VALID_BLUR_CG_ITERS}
     if isinstance(sigma_y, str) and sigma_y == "auto":
         from .noise_level import estimate_sigma_y
 

@@ -133,6 +133,18 @@ def motion_kernel(
     return (k / k.sum()).to(dtype)
 
 
+def transfer_function(kernel: Tensor, shape: tuple[int, int]) -> Tensor:
+    """``DFT(k)`` on an ``(H, W)`` grid of a kernel ``(..., kh, kw)`` zero-padded with its centre at the origin.
+
+    The circular blur's transfer function: ``y = IDFT(K * DFT(x))`` convolves with ``k``
+    as ``Blur(k, padding="circular")`` does (complex, in the kernel's precision).
+    """
+    kh, kw = kernel.shape[-2:]
+    kpad = kernel.new_zeros(*kernel.shape[:-2], *shape)
+    kpad[..., :kh, :kw] = kernel
+    return torch.fft.fft2(torch.roll(kpad, shifts=(-(kh // 2), -(kw // 2)), dims=(-2, -1)))
+
+
 def _pad_index(n: int, before: int, after: int, mode: str, device: torch.device) -> Tensor:
     """Source index of each position of a padded axis: ``(n + before + after,)``."""
     src = torch.arange(-before, n + after, device=device)
@@ -290,12 +302,8 @@ class Blur(ShapedSVDOperator):
 
         def build() -> Tensor:
             _, h, w = self.image_shape
-            ck, kh, kw = self.kernel.shape
             factory = {"dtype": fft_real_dtype(self._dtype), "device": self._device}  # no half FFT on the CPU
-            kpad = torch.zeros(ck, h, w, **factory)
-            kpad[:, :kh, :kw] = self.kernel.to(**factory)
-            kpad = torch.roll(kpad, shifts=(-(kh // 2), -(kw // 2)), dims=(-2, -1))
-            return torch.fft.fft2(kpad)
+            return transfer_function(self.kernel.to(**factory), (h, w))
 
         return self._cached("K", build)  # type: ignore[return-value]
 

@@ -37,6 +37,8 @@ import numpy as np
 import torch
 
 from ..medical.ct import hu_to_unit, parse_window, unit_to_hu
+from ..blind import check_blind_method, methods_for_blind
+from ..samplers.diffpir import VALID_BLUR_CG_ITERS
 from ..io import Image, derived_series_uid, file_seed, find_inputs, pad_to_multiple, read_image, write_image
 from ..metrics import lpips, lpips_available, psnr, ssim
 from ..restore import check_method, restore
@@ -526,16 +528,6 @@ def pricing_operator(op: Any) -> Any:
     return op
 
 
-def check_blind_method(method: str) -> None:
-    """A one-line error unless ``method`` can estimate a blur kernel (``invdiff.blind.methods_for_blind``)."""
-    from ..blind import methods_for_blind
-
-    serve = methods_for_blind()
-    if method not in serve:
-        raise ValueError(f"--kernel auto estimates the blur with a sampler that needs no SVD, and method {method!r} "
-                         f"cannot; use --method {', '.join(serve)} (default diffpir)")  # fmt: skip
-
-
 def _check_method(method: str, op: Any, y: torch.Tensor) -> None:
     """``check_method``, with ``BlindBlur`` (not an operator until its kernel is known) checked by its own list."""
     if isinstance(op, BlindBlur):
@@ -574,13 +566,6 @@ def default_method(task: str, mode: str) -> str:
 
 #: seconds a restoration without --steps/--samples aims at per image (``invdiff.memory.default_steps_samples``)
 BUDGET_SECONDS = 60.0
-
-#: DiffPIR's conjugate-gradient iterations on a blur without an SVD (a measured photo's 'valid' blur):
-#: early stopping regularises the ill-conditioned data step, and 5 iterations restored two 128x128
-#: photo crops (Gaussian blur std 2, noise 0.01, 20 steps) better than 2, 10 or 50 (camera: 3: 25.4 dB,
-#: 10: 25.0, 50: 24.8; astronaut: 2: 26.1, 5: 26.9, 10: 25.4) at a fraction of the time.
-VALID_BLUR_CG_ITERS = 5
-
 
 def default_knobs(method: str, op: Any, knobs: dict[str, Any] | None = None) -> dict[str, Any]:
     """``knobs`` plus the defaults the command line adds: ``cg_iters`` for DiffPIR on a blur without an SVD."""
@@ -640,8 +625,6 @@ def plan(p: _Prepared, method: str | None, steps: int | None, samples: int | Non
     if method is None:
         fits = fitting_methods(priced, y, x_shape, p.prior, samples=n_samples, cap=cap)
         if blind:
-            from ..blind import methods_for_blind
-
             fits = [m for m in fits if m in methods_for_blind()]
         if fits and chosen not in fits:
             chosen = fits[0]

@@ -366,7 +366,7 @@ def restore_cmd(
     if method is not None and method not in METHODS:
         _fail(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if method is not None and options.get("kernel") == "auto":
-        from .batch import check_blind_method
+        from ..blind import check_blind_method
 
         try:
             check_blind_method(method)
