@@ -12,6 +12,8 @@ __version__ = "0.1.0"
 from . import datasets, operators, priors  # noqa: E402
 from .methods import METHODS, Method  # noqa: E402
 from .restore import Result, restore  # noqa: E402
+from .calibration import calibrate  # noqa: E402
+from .intervals import Calibration  # noqa: E402
 from .volume import restore_volume  # noqa: E402
 
-__all__ = ["METHODS", "Method", "Result", "datasets", "operators", "priors", "restore", "restore_volume", "__version__"]
+__all__ = ["METHODS", "Method", "Result", "Calibration", "calibrate", "datasets", "operators", "priors", "restore", "restore_volume", "__version__"]

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from .intervals import Calibration, coverage, prior_id, sample_interval
 from .methods import METHODS, Method
 from .operators.blur import BlindBlur, Blur
 from .operators.embed import crop, embed
@@ -57,6 +58,8 @@ class Result:
             ``None`` when a non-Gaussian noise model (``noise=Poisson(...)``) set the likelihood.
         kernel: ``(B, K, K)`` the blur kernels estimated for ``op=BlindBlur(...)`` (centred,
             non-negative, summing to 1); ``None`` for every other operator.
+        calibration: the :class:`~invdiff.intervals.Calibration` ``restore`` was given, which
+            :meth:`interval` then applies; ``None`` for raw sample intervals.
     """
 
     mean: Tensor
@@ -71,6 +74,31 @@ class Result:
     padded: tuple[int, int, int, int] = (0, 0, 0, 0)
     sigma_y: float | None = None
     kernel: Tensor | None = None
+    calibration: Calibration | None = None
+
+    def interval(self, level: float = 0.9) -> tuple[Tensor, Tensor]:
+        """Per-pixel ``(lo, hi)``, each ``(B, C, H, W)``, meant to hold the truth with probability ``level``.
+
+        Without a calibration: the samples' ``(1 - level) / 2`` and ``(1 + level) / 2``
+        quantiles, which cover at ``level`` only for an exact sampler with many samples (most
+        diffusion samplers' are too narrow: ``benchmarks/results/calibration.md``).  With the
+        calibration ``restore`` was given: ``mean -+ scale * max(std, floor)``, whose expected
+        coverage of a new image's pixels is at least ``level`` (``invdiff.calibrate``).
+        Needs at least 2 samples; ``level`` in (0, 1).
+        """
+        if self.samples.shape[0] < 2:
+            raise ValueError("an interval needs at least 2 posterior samples (one sample has no spread); "
+                             "restore with samples=8 or more")  # fmt: skip
+        if self.calibration is not None:
+            return self.calibration.interval(self.mean, self.std, level)
+        return sample_interval(self.samples, level)
+
+    def coverage(self, truth: Tensor, level: float = 0.9) -> float:
+        """The fraction of ``truth``'s pixels inside :meth:`interval` at ``level`` (``truth`` shaped like ``mean``)."""
+        if tuple(truth.shape) != tuple(self.mean.shape):
+            raise ValueError(f"truth has shape {tuple(truth.shape)} but the restoration {tuple(self.mean.shape)}")
+        lo, hi = self.interval(level)
+        return coverage(truth.to(lo.dtype), lo, hi)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly summary without tensors."""
@@ -85,6 +113,7 @@ class Result:
             "nfe": self.nfe,
             "seconds": self.seconds,
             "knobs": {k: v if isinstance(v, _PLAIN) else repr(v) for k, v in self.knobs.items()},
+            "calibrated": self.calibration is not None,
         }
 
 
@@ -148,6 +177,7 @@ def restore(
     callback: Callable[[dict], None] | None = None,
     generator: torch.Generator | None = None,
     sigma_max: float | None = None,
+    calibration: Calibration | str | None = None,
     **knobs: Any,
 ) -> Result:
     """Draw ``samples`` posterior samples of ``x`` given ``y = A(x) + noise`` in one batched run.
@@ -172,6 +202,10 @@ def restore(
         seed: seeds a fresh ``torch.Generator`` on ``y``'s device unless ``generator`` is given.
         noise: a noise model (``Gaussian``, ``Poisson``) for methods that take one.
         callback: passed to the sampler, called with a dict per step.
+        calibration: a :class:`~invdiff.intervals.Calibration` (or the path of its JSON) made by
+            ``invdiff.calibrate`` for this method, steps, samples, knobs, prior, operator kind
+            and noise level (a one-line ``ValueError`` otherwise); ``Result.interval`` then
+            returns calibrated intervals.
         **knobs: the method's own keyword knobs (see ``METHODS[method].knobs``).
 
     Precision: the sampler computes in one dtype, ``Result.dtype``: the dtype of the prior's
@@ -200,6 +234,9 @@ def restore(
     """
     if isinstance(op, BlindBlur):  # the kernel is unknown: estimated with the image (invdiff.blind)
         _check_y(y)
+        if calibration is not None:
+            raise ValueError("calibrated intervals are not available for a BlindBlur (the kernel is estimated per "
+                             "image); restore with the estimated kernel as a Blur to calibrate")  # fmt: skip
         return _restore_blind(y, op, prior, method, steps, sigma_y, samples, seed, generator, callback, sigma_max,
                              knobs, noise)  # fmt: skip
     # Validate everything before any sampling.
@@ -229,6 +266,9 @@ def restore(
         raise ValueError(f"samples must be an integer >= 1, got {samples!r}")
     steps, samples = int(steps), int(samples)
     sigma_y, noise = _check_noise(method, m, sigma_y, noise, y, op)
+    if calibration is not None:
+        calibration = _check_calibration(calibration, method, steps, samples, prior, op, sigma_y, noise,
+                                         {**valid, **knobs})  # fmt: skip
 
     # Sides not divisible by the prior's factor: the same problem on a canvas padded at the bottom/right.
     if any(pad):
@@ -271,7 +311,26 @@ def restore(
         dtype=str(dtype).removeprefix("torch."),
         padded=pad,
         sigma_y=sigma_y if noise is None else None,
+        calibration=calibration,
     )
+
+
+def _check_calibration(calibration: Calibration | str, method: str, steps: int, samples: int, prior: Prior,
+                       op: Operator, sigma_y: float, noise: Any | None, knobs: dict[str, Any]) -> Calibration:  # fmt: skip
+    """The calibration (loaded from a path), checked against this run; raises a one-line ``ValueError``."""
+    from pathlib import Path
+
+    if isinstance(calibration, (str, Path)):
+        calibration = Calibration.load(calibration)
+    if not isinstance(calibration, Calibration):
+        raise ValueError(f"calibration must be an invdiff Calibration or the path of its JSON, "
+                         f"got {type(calibration).__name__}")  # fmt: skip
+    if samples < 2:
+        raise ValueError("calibrated intervals need at least 2 posterior samples; pass the calibration's "
+                         f"samples={calibration.samples}")  # fmt: skip
+    calibration.check(method=method, steps=steps, samples=samples, prior=prior_id(prior), operator=type(op).__name__,
+                      sigma_y=sigma_y if noise is None else None, knobs=knobs)  # fmt: skip
+    return calibration
 
 
 def _padding(prior: Prior, x_shape: tuple[int, ...]) -> tuple[int, int, int, int]:

@@ -40,6 +40,7 @@ from ..medical.ct import hu_to_unit, parse_window, unit_to_hu
 from ..blind import check_blind_method, methods_for_blind
 from ..samplers.diffpir import VALID_BLUR_CG_ITERS
 from ..io import Image, derived_series_uid, file_seed, find_inputs, pad_to_multiple, read_image, write_image
+from ..intervals import Calibration, coverage, sample_interval, scores
 from ..metrics import lpips, lpips_available, psnr, ssim
 from ..restore import check_method, restore
 from ..operators import BlindBlur, Blur, gaussian_kernel
@@ -392,17 +393,35 @@ def _prepare_real(path: Path, name: str, out: Path, *, task: str, task_options: 
                      image, mapping, chosen, "real", source)  # fmt: skip
 
 
+@dataclass(frozen=True)
+class Interval:
+    """``--interval LEVEL`` (and ``--calibration FILE``): which per-pixel bounds a run writes."""
+
+    level: float
+    calibration: Calibration | None = None
+    source: str | None = None  # the calibration file, as given
+
+    def bounds(self, mean: torch.Tensor, std: torch.Tensor, samples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(lo, hi)``: calibrated ``mean -+ scale * std``, or the samples' quantiles (``samples`` ``(S, B, ...)``)."""
+        if self.calibration is not None:
+            return self.calibration.interval(mean, std, self.level)
+        return sample_interval(samples, self.level)
+
+
 def _finish(p: _Prepared, mean: torch.Tensor, std: torch.Tensor, samples: torch.Tensor, *, method: str,
             steps: int, nfe: int, seconds: float, save_samples: bool,
-            batched: int = 1, kernel: torch.Tensor | None = None) -> dict[str, Any]:  # fmt: skip
+            batched: int = 1, kernel: torch.Tensor | None = None,
+            interval: Interval | None = None) -> dict[str, Any]:  # fmt: skip
     """Write one file's outputs (``samples``: ``(S, 1, C, H, W)``) and return its metrics row.
 
     A volume (several slices) is previewed by its middle slice in the PNGs; DICOM and
     NIfTI inputs also get ``restored.dcm`` / ``restored.nii.gz`` in their own form.
     ``kernel``: the estimated blur ``(S, K, K)`` of ``--kernel auto``, written as ``kernel.npy``
-    and ``kernel.png`` (:func:`write_kernel`).
+    and ``kernel.png`` (:func:`write_kernel`).  ``interval``: per-pixel bounds written as
+    ``lo.png`` and ``hi.png``, their level, width and (with a truth) coverage in the metrics.
     """
     crop, truth, sidecar, out = p.crop, p.truth, p.sidecar, p.out
+    bounds = interval.bounds(mean, std, samples) if interval is not None else None
     mean, std = crop(mean), crop(std)
     h, w = sidecar["original_size"]
     mid = mean.shape[0] // 2
@@ -446,6 +465,17 @@ def _finish(p: _Prepared, mean: torch.Tensor, std: torch.Tensor, samples: torch.
         row["kernel_fills_support"] = fills_support(kernel)
     if batched > 1:
         row["batched_with"] = batched  # seconds: the batch's time divided by its images
+    if bounds is not None:
+        lo, hi = crop(bounds[0]), crop(bounds[1])
+        write_image(out / "lo.png", view(lo).clamp(0, 1))
+        write_image(out / "hi.png", view(hi).clamp(0, 1))
+        row.update(interval_level=interval.level, interval_calibrated=interval.calibration is not None,
+                   interval_width_mean=float((hi - lo).mean()))  # fmt: skip
+        if interval.calibration is not None:
+            row["interval_scale"] = interval.calibration.scale(interval.level)
+            row["calibration"] = interval.source
+        if truth is not None:
+            row["coverage"] = coverage(truth.to(lo.dtype), lo, hi)
     if truth is not None:  # a volume: PSNR over all its voxels, SSIM and LPIPS averaged over its slices
         row["psnr"] = float(psnr(mean.clamp(0, 1).reshape(1, 1, -1, w), truth.reshape(1, 1, -1, w))[0])
         row["ssim"] = float(ssim(mean.clamp(0, 1), truth).mean())
@@ -541,7 +571,7 @@ def restore_one(path: Path, name: str, out: Path, *, task: str, task_options: di
                 ground_truth: Path | None, save_samples: bool, device: torch.device, measured: bool = False,
                 callback: Callable[[dict], None] | None = None, knobs: dict[str, Any] | None = None,
                 window: str | tuple[float, float] | None = None, simulate: bool = False,
-                max_memory: int | None = None) -> dict[str, Any]:  # fmt: skip
+                max_memory: int | None = None, interval: Interval | None = None) -> dict[str, Any]:  # fmt: skip
     """Restore one file into ``out``; returns its metrics row.
 
     ``measured``: ``path`` is a measurement written by ``invdiff degrade`` (its sidecar
@@ -552,7 +582,7 @@ def restore_one(path: Path, name: str, out: Path, *, task: str, task_options: di
                  ground_truth=ground_truth, device=device, measured=measured, method=None, window=window,
                  simulate=simulate)  # fmt: skip
     return _run(p, method=method, steps=steps, samples=samples, save_samples=save_samples, callback=callback,
-                knobs=knobs, max_memory=max_memory)  # fmt: skip
+                knobs=knobs, max_memory=max_memory, interval=interval)  # fmt: skip
 
 
 def default_method(task: str, mode: str) -> str:
@@ -653,7 +683,7 @@ def _with_steps(callback: Callable[[dict], None] | None, steps: int, chunks: int
 
 
 def _run(p: _Prepared, *, method: str | None, steps: int | None, samples: int | None, save_samples: bool,
-         callback, knobs, max_memory: int | None = None) -> dict[str, Any]:  # fmt: skip
+         callback, knobs, max_memory: int | None = None, interval: Interval | None = None) -> dict[str, Any]:  # fmt: skip
     """Restore one prepared file (a volume in chunks of slices) and write it.
 
     ``BlindBlur``: one ``restore`` call, which estimates each slice's kernel and runs the
@@ -665,18 +695,20 @@ def _run(p: _Prepared, *, method: str | None, steps: int | None, samples: int | 
         result = restore(p.y, op, p.prior, method=m, steps=n_steps, sigma_y=p.sigma_y, samples=n_samples,
                          seed=p.seed, callback=_with_steps(callback, n_steps, runs), **knobs)  # fmt: skip
         return _finish(p, result.mean, result.std, result.samples, method=m, steps=result.steps, nfe=result.nfe,
-                       seconds=result.seconds, save_samples=save_samples, kernel=result.kernel)  # fmt: skip
+                       seconds=result.seconds, save_samples=save_samples, kernel=result.kernel,
+                       interval=interval)  # fmt: skip
     chunks = -(-p.y.shape[0] // VOLUME_BATCH)
     result = restore_batch(p.y, op, p.prior, batch_size=VOLUME_BATCH, method=m, steps=n_steps,
                            sigma_y=p.sigma_y, noise=p.noise, samples=n_samples, seed=p.seed,
-                           callback=_with_steps(callback, n_steps, chunks), **knobs)  # fmt: skip
+                           callback=_with_steps(callback, n_steps, chunks),
+                           calibration=interval.calibration if interval else None, **knobs)  # fmt: skip
     return _finish(p, result.mean, result.std, result.samples, method=m, steps=result.steps, nfe=result.nfe,
-                   seconds=result.seconds, save_samples=save_samples)  # fmt: skip
+                   seconds=result.seconds, save_samples=save_samples, interval=interval)  # fmt: skip
 
 
 def _restore_group(group: list[_Prepared], *, method: str | None, steps: int | None, samples: int | None,
-                   save_samples: bool, callback, knobs,
-                   max_memory: int | None = None) -> list[dict[str, Any]] | None:  # fmt: skip
+                   save_samples: bool, callback, knobs, max_memory: int | None = None,
+                   interval: Interval | None = None) -> list[dict[str, Any]] | None:  # fmt: skip
     """Restore files whose operators stack into one batch in a single ``restore`` call; ``None`` if they don't."""
     op = stack_operators([p.op for p in group])
     if op is None or any(p.y.shape[0] != 1 for p in group) or any(p.prior is not group[0].prior for p in group):
@@ -686,12 +718,12 @@ def _restore_group(group: list[_Prepared], *, method: str | None, steps: int | N
     y = torch.cat([p.y for p in group])
     result = restore(y, op, group[0].prior, method=m, steps=n_steps, sigma_y=group[0].sigma_y, noise=group[0].noise,
                      samples=n_samples, seed=group[0].seed, callback=_with_steps(callback, n_steps),
-                     **knobs)  # fmt: skip
+                     calibration=interval.calibration if interval else None, **knobs)  # fmt: skip
     n = len(group)
     return [
         _finish(p, result.mean[b : b + 1], result.std[b : b + 1], result.samples[:, b : b + 1], method=m,
                 steps=result.steps, nfe=result.nfe, seconds=result.seconds / n, save_samples=save_samples,
-                batched=n)  # fmt: skip
+                batched=n, interval=interval)  # fmt: skip
         for b, p in enumerate(group)
     ]
 
@@ -704,7 +736,7 @@ def restore_files(inputs: list[str], output: str | Path, *, task: str, task_opti
                   callback: Callable[[dict], None] | None = None, knobs: dict[str, Any] | None = None,
                   measured: bool = False, batch_size: int = 1,
                   window: str | tuple[float, float] | None = None, simulate: bool = False,
-                  max_memory: int | None = None) -> BatchReport:  # fmt: skip
+                  max_memory: int | None = None, interval: Interval | None = None) -> BatchReport:  # fmt: skip
     """Restore every input file; see the module docstring.  ``on_file(name, status, row)`` reports progress.
 
     ``prior``: a prior, or a :class:`PriorChoice` that picks one per file by its channels.
@@ -725,6 +757,10 @@ def restore_files(inputs: list[str], output: str | Path, *, task: str, task_opti
 
     ``window``: HU window mapping the inputs' values onto ``[0, 1]`` (CT DICOM: ``ct`` by
     default); volumes (NIfTI, multi-frame DICOM) are restored slice by slice as batches.
+
+    ``interval``: write per-pixel bounds ``lo.png`` / ``hi.png`` at its level, raw sample
+    quantiles or, with its calibration, calibrated ones (which ``restore`` checks against
+    each file's run: method, steps, samples, prior, operator kind, noise level).
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"--batch-size must be a positive integer, got {batch_size!r}")
@@ -763,7 +799,7 @@ def restore_files(inputs: list[str], output: str | Path, *, task: str, task_opti
             on_file(name, "done", row)
 
     run = dict(method=method, steps=steps, samples=samples, save_samples=save_samples, callback=callback,
-               knobs=knobs, max_memory=max_memory)  # fmt: skip
+               knobs=knobs, max_memory=max_memory, interval=interval)  # fmt: skip
     for start in range(0, len(pending), batch_size):
         chunk = pending[start : start + batch_size]
         # Prepare the chunk, then restore files of one measurement shape and noise level together.
@@ -881,6 +917,93 @@ def _probe(files: list[Path], task: str, task_options: dict[str, Any], method: s
             if not (isinstance(op, Tomography) and "svd" in METHODS.get(method, METHODS["ddrm"]).needs):
                 _check_method(method, op, y)
         return
+
+
+@dataclass
+class CalibrationReport:
+    """What :func:`calibrate_files` did: the calibration, and the files used, failed and why."""
+
+    calibration: Calibration | None = None
+    done: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def calibrate_files(inputs: list[str], output: str | Path, *, task: str, task_options: dict[str, Any], prior,
+                    method: str | None = None, steps: int | None = None, samples: int = 8, sigma_y: float = 0.01,
+                    seed: int = 0, device: str | torch.device = "cpu", window: str | tuple[float, float] | None = None,
+                    on_file: Callable[[str, str, dict | None], None] | None = None,
+                    callback: Callable[[dict], None] | None = None) -> CalibrationReport:  # fmt: skip
+    """Fit a calibration for ``task`` on clean images and save it as the JSON ``output``.
+
+    Each input is degraded as ``restore --simulate`` degrades it (the task's operator, noise
+    ``sigma_y``, per-file seeds), restored with ``method`` (default: the task's), ``steps``
+    (default: the method's own), ``samples`` and the command line's default knobs, and
+    scored against itself; :func:`invdiff.calibration.from_scores` fits the scales.  A file
+    that fails is reported and left out; the others still make the calibration.  Every
+    slice of a volume counts as one calibration image.
+    """
+    from ..calibration import default_floor, from_scores, raw_coverages
+    from ..intervals import prior_id
+    from ..methods import METHODS
+
+    t0 = time.time()
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 2:
+        raise ValueError(f"--samples must be at least 2 for intervals, got {samples!r}")
+    files = find_inputs(inputs)
+    names = _names(files)
+    output = Path(output)
+    if output.suffix.lower() != ".json":
+        raise ValueError(f"--output {output} must name a .json file (the calibration)")
+    _writable(output.parent if str(output.parent) else Path("."))
+    device = torch.device(device)
+    prior = prior.to(device)
+    report = CalibrationReport()
+    image_scores: list[torch.Tensor] = []
+    raw: list[dict[float, float]] = []
+    meta: dict[str, Any] | None = None
+    for path, name in zip(files, names):
+        try:
+            p = _prepare(path, name, output.parent, task=task, task_options=task_options, prior=prior,
+                         sigma_y=sigma_y, seed=seed, ground_truth=None, device=device, measured=False,
+                         window=window, simulate=True)  # fmt: skip
+            m = method or default_method(task, p.mode)
+            n_steps = METHODS[m].steps if steps is None else steps
+            op = operator_for(m, p.op)
+            _check_method(m, op, p.y)
+            knobs = default_knobs(m, op)
+            run = dict(method=m, steps=n_steps, samples=samples, sigma_y=p.sigma_y, op=type(op).__name__,
+                       prior=prior_id(p.prior), knobs=knobs)  # fmt: skip
+            if meta is not None and any(run[k] != meta[k] for k in ("method", "op", "prior", "sigma_y")):
+                raise ValueError(f"restored differently from the first file ({run['op']}, {run['prior']}); "
+                                 "calibrate files of one kind together")  # fmt: skip
+            result = restore_batch(p.y, op, p.prior, batch_size=VOLUME_BATCH, method=m, steps=n_steps,
+                                   sigma_y=p.sigma_y, noise=p.noise, samples=samples, seed=p.seed,
+                                   callback=_with_steps(callback, n_steps), **knobs)  # fmt: skip
+        except (ValueError, FileNotFoundError, OSError) as e:
+            report.failed[name] = str(e).splitlines()[0] if str(e) else type(e).__name__
+            if on_file:
+                on_file(name, "failed", None)
+            continue
+        if meta is None:
+            meta = {**run, "knobs": dict(result.knobs), "sigma_y_result": result.sigma_y,
+                    "floor": default_floor(p.prior)}  # fmt: skip
+        mean, std, truth = p.crop(result.mean), p.crop(result.std), p.truth
+        floor = meta["floor"]
+        for j in range(mean.shape[0]):  # a volume's slices are calibration images each
+            image_scores.append(scores(truth[j : j + 1], mean[j : j + 1], std[j : j + 1], floor))
+            raw.append(raw_coverages(truth[j : j + 1], p.crop(result.samples[:, j])))
+        report.done.append(name)
+        if on_file:
+            on_file(name, "done", None)
+    report.seconds = time.time() - t0
+    if not image_scores or meta is None:
+        return report
+    report.calibration = from_scores(image_scores, raw, method=meta["method"], steps=meta["steps"], samples=samples,
+                                     prior=meta["prior"], operator=meta["op"], sigma_y=meta["sigma_y_result"],
+                                     floor=meta["floor"], task=task, knobs=meta["knobs"])  # fmt: skip
+    report.calibration.save(output)
+    return report
 
 
 def degrade_files(inputs: list[str], output: str | Path, *, task: str, task_options: dict[str, Any], prior,

@@ -249,6 +249,42 @@ def _sigma_y_option(text: str | None, real: bool) -> float | str:
     return value
 
 
+#: posterior samples an --interval run draws when --samples is not given
+INTERVAL_SAMPLES = 8
+
+
+def _interval_option(level: float | None, calibration: Path | None, method: str | None, steps: int | None,
+                     samples: int | None, task: str | None, blind: bool):  # fmt: skip
+    """``(Interval or None, method, steps, samples)`` for ``--interval`` / ``--calibration``; fails in one line."""
+    from ..intervals import Calibration, check_level
+    from .batch import Interval
+
+    if level is None and calibration is None:
+        return None, method, steps, samples
+    try:
+        level = check_level(0.9 if level is None else level)
+    except ValueError as e:
+        _fail(f"--interval: {e}")
+    if samples == 1:
+        _fail("--interval needs at least 2 samples (one sample has no spread); drop --samples or pass --samples 8")
+    if calibration is None:
+        return Interval(level), method, steps, samples or INTERVAL_SAMPLES
+    if blind:
+        _fail("--calibration does not apply to --kernel auto (each photo's kernel is estimated); "
+              "use raw --interval bounds")  # fmt: skip
+    try:
+        cal = Calibration.load(calibration)
+        cal.scale(level)
+    except ValueError as e:
+        _fail(f"--calibration: {e}")
+    for flag, given, made in (("--method", method, cal.method), ("--steps", steps, cal.steps),
+                              ("--samples", samples, cal.samples), ("--task", task, cal.task)):  # fmt: skip
+        if given is not None and made is not None and given != made:
+            _fail(f"--calibration {calibration} was made for {flag} {made}, not {given}: drop {flag} or calibrate "
+                  f"for {given}")  # fmt: skip
+    return Interval(level, cal, str(calibration)), cal.method, cal.steps, cal.samples
+
+
 @app.command()
 def demo(
     output: Path = typer.Option(Path("invdiff-demo"), "--output", "-o", help="Folder for the outputs."),
@@ -314,6 +350,12 @@ def restore_cmd(
     max_memory: Optional[str] = typer.Option(
         None, help="Refuse (or, without --method, avoid) methods predicted to need more, e.g. 8G "
                    "(default: half the machine's memory)."),
+    interval: Optional[float] = typer.Option(
+        None, help="Write per-pixel bounds lo.png / hi.png meant to hold the truth with this probability, e.g. 0.9: "
+                   "the samples' quantiles (default 8 samples), or calibrated ones with --calibration."),
+    calibration: Optional[Path] = typer.Option(
+        None, help="A calibration from 'invdiff calibrate': calibrated --interval bounds (default level 0.9); "
+                   "its method, steps and samples become the run's."),
     seed: int = typer.Option(0, help="Seed (per-file seeds derive from it and the file name)."),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ..."),
     batch_size: int = typer.Option(
@@ -375,6 +417,8 @@ def restore_cmd(
     for flag, value in (("--steps", steps), ("--samples", samples)):
         if value is not None and value < 1:
             _fail(f"{flag} must be at least 1, got {value}")
+    bounds, method, steps, samples = _interval_option(interval, calibration, method, steps, samples, task,
+                                                      options.get("kernel") == "auto")  # fmt: skip
     try:
         resolve_device(device)
     except ValueError as e:
@@ -398,6 +442,7 @@ def restore_cmd(
         if task != "mri" or len(h5) != len(inputs):
             _fail("HDF5 k-space inputs (.h5) need --task mri and cannot be mixed with image files")
         unused = {"--simulate": simulate or None, "--ground-truth": ground_truth, "--max-memory": max_memory,
+                  "--interval": interval, "--calibration": calibration,
                   "--save-samples": save_samples or None, "--batch-size": None if batch_size == 1 else batch_size}  # fmt: skip
         used = [k for k, v in unused.items() if v is not None]
         if used:
@@ -476,7 +521,7 @@ def restore_cmd(
                                    ground_truth=ground_truth, overwrite=overwrite, save_samples=save_samples,
                                    device=device, on_file=on_file, measured=measured, callback=on_step,
                                    batch_size=batch_size, window=window, simulate=simulate,
-                                   max_memory=cap)  # fmt: skip
+                                   max_memory=cap, interval=bounds)  # fmt: skip
     except (ValueError, FileNotFoundError) as e:
         _fail(str(e))
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun rank 0 speaks for the run
@@ -572,6 +617,88 @@ def degrade(
     typer.echo(f"{len(report.done)} measured, {len(report.skipped)} already done, {len(report.failed)} failed; "
                f"outputs in {output}")  # fmt: skip
     if report.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def calibrate(
+    inputs: list[str] = typer.Argument(..., help="Clean image files, folders or globs, like those you will restore."),
+    task: str = typer.Option(..., help="inpaint, deblur, sr, denoise, colorize, mri, ct."),
+    output: Path = typer.Option(Path("calibration.json"), "--output", "-o", help="The calibration file to write."),
+    random_mask: RandomMask = None,
+    box: Box = None,
+    mask: MaskFile = None,
+    mask_known: MaskKnown = None,
+    kernel: Kernel = None,
+    scale: Scale = None,
+    filter: Filter = None,
+    angles: Angles = None,
+    arc: Arc = None,
+    dose: Dose = None,
+    window: Window = None,
+    acceleration: Acceleration = None,
+    center_fraction: CenterFraction = None,
+    mask_kind: MaskKind = None,
+    coils: Coils = None,
+    sigma_y: float = typer.Option(0.01, help="Measurement noise std (data units) added to the clean images."),
+    prior: Optional[str] = typer.Option(None, help="Shipped prior name or a path (default as for restore)."),
+    method: Optional[str] = typer.Option(None, help="Sampler (default: ddrm)."),
+    steps: Optional[int] = typer.Option(None, help="Noise levels (default: the method's own)."),
+    samples: int = typer.Option(8, help="Posterior samples per image (at least 2); restore uses the same."),
+    seed: int = typer.Option(0, help="Seed (per-file seeds derive from it and the file name)."),
+    device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ..."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the summary line."),
+) -> None:
+    """Fit calibrated intervals: degrade clean images like 'restore --simulate', restore them, write a calibration.
+
+    Then 'invdiff restore ... --calibration FILE --interval 0.9' writes lo.png / hi.png whose expected
+    coverage of a new image's pixels is at least 0.9, for images like these (conformal risk control;
+    0.9 needs at least 9 images, 0.95 19).
+    """
+    from .batch import calibrate_files
+    from ..devices import resolve_device
+    from ..methods import METHODS
+
+    if method is not None and method not in METHODS:
+        _fail(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if steps is not None and steps < 1:
+        _fail(f"--steps must be at least 1, got {steps}")
+    if samples < 2:
+        _fail(f"--samples must be at least 2 for intervals (one sample has no spread), got {samples}")
+    if not sigma_y >= 0:
+        _fail(f"--sigma-y must be a number >= 0, got {sigma_y}")
+    options = _task_options(task, random_mask=random_mask, box=box, mask=mask, mask_known=mask_known,
+                            kernel=kernel, scale=scale, filter=filter, angles=angles, arc=arc, dose=dose,
+                            acceleration=acceleration, center_fraction=center_fraction, mask_kind=mask_kind,
+                            coils=coils)  # fmt: skip
+    if options.get("kernel") == "auto":
+        _fail("--kernel auto estimates a real photo's blur; calibration degrades clean images with a known kernel "
+              "(e.g. --kernel gaussian:2.0)")  # fmt: skip
+    _check_window(window)
+    try:
+        resolve_device(device)
+    except ValueError as e:
+        _fail(f"--device: {e}")
+    p = _prior_option(prior, task)
+    say = None if quiet else lambda n, st, _: typer.echo(f"{st:8s} {n}")
+    try:
+        rep = calibrate_files(inputs, output, task=task, task_options=options, prior=p, method=method, steps=steps,
+                              samples=samples, sigma_y=sigma_y, seed=seed, device=device, window=window,
+                              on_file=say)  # fmt: skip
+    except (ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    for name, why in rep.failed.items():
+        typer.echo(f"failed: {name}: {why}", err=True)
+    cal = rep.calibration
+    if cal is None:
+        _fail(f"no file could be restored ({len(rep.failed)} failed); nothing written")
+    s90 = cal.scales.get(0.9)
+    line = (f"{cal.n_images} images, {cal.method} {cal.steps} steps x {cal.samples} samples: raw 90 % sample "
+            f"intervals covered {cal.raw_coverage[0.9]:.3f}; ")  # fmt: skip
+    line += (f"calibrated 90 % = mean +- {s90:.3f} std" if s90 is not None
+             else f"0.9 needs at least 9 images, got {cal.n_images}")  # fmt: skip
+    typer.echo(f"{line}; {rep.seconds:.1f} s; wrote {output}")
+    if rep.failed:
         raise typer.Exit(1)
 
 
