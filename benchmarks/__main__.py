@@ -12,6 +12,7 @@
 ``python -m benchmarks realinput [--quick | --full]`` (``invdiff restore`` on damaged photo files against classical tools),
 ``python -m benchmarks realtime [--quick | --full]`` (seconds and peak memory per megapixel of the default
 method, against ``invdiff.memory``'s predictions),
+``python -m benchmarks calibration [--quick | --full]`` (coverage of raw and calibrated intervals),
 ``python -m benchmarks all [--quick | --full]`` (every benchmark in turn)."""
 
 from __future__ import annotations
@@ -124,6 +125,11 @@ def parser() -> argparse.ArgumentParser:
                                           "ceiling, a fixed Gaussian guess and L0 kernel estimation with BM3D")
     _mode(bli, "camera and astronaut 192x192, 5 kernels, 2 noise levels", "3 photos 256x256, 3 noise levels")
     bli.add_argument("--seed", type=int, default=0, help="seed of the noise and the sampler (default 0)")
+    cal = sub.add_parser("calibration", help="coverage of raw and calibrated 90 % intervals on held-out photos "
+                                             "and phantoms, against the number of samples")
+    _mode(cal, "30 crops per photo, 60 phantoms, DDRM, 8 samples",
+          "60 crops per photo, 150 phantoms, DDRM, PnP-DM and PiGDM, 16 samples")
+    cal.add_argument("--seed", type=int, default=0, help="seed of the noise and the samplers (default 0)")
     every = sub.add_parser("all", help="every benchmark above in turn: regenerates every committed number and figure")
     _mode(every, "every suite's quick mode", "every suite's full mode")
     return p
@@ -170,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         except (ValueError, FileNotFoundError) as e:
             raise SystemExit(f"error: {e}") from None
     elif args.benchmark == "all":
-        for name in ("noise_level", "posterior", "schedule", "parity", "ct", "mri", "images", "priors", "latent", "realinput", "realtime", "blind"):  # every suite, cheapest first; add new ones here
+        for name in ("noise_level", "posterior", "schedule", "parity", "ct", "mri", "images", "priors", "latent", "realinput", "realtime", "blind", "calibration"):  # every suite, cheapest first; add new ones here
             main([name, f"--{args.mode}", "--device", args.device])
     elif args.benchmark == "latent":
         from . import latent
@@ -205,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             realtime.run(args.mode, device=args.device)
         except (ValueError, RuntimeError) as e:
             raise SystemExit(f"error: {e}") from None
-    elif args.benchmark in ("schedule", "parity", "blind"):
+    elif args.benchmark in ("schedule", "parity", "blind", "calibration"):
         import importlib
 
         importlib.import_module(f".{args.benchmark}", __package__).run(args.mode, device=args.device, seed=args.seed)

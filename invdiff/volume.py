@@ -86,6 +86,7 @@ def restore_batch(
         dtype=first.dtype,
         padded=first.padded,
         sigma_y=max((p.sigma_y for p in parts if p.sigma_y is not None), default=None),
+        calibration=first.calibration,
     )
 
 

@@ -440,3 +440,29 @@ def test_realinput_restores_damaged_files_and_scores_them_against_the_baselines(
     assert "BM3D rows are left out" in md and "Where invdiff wins" in md
     assert sum(f"camera {t} (" in md for t in ("deblur", "sr", "inpaint")) == 3  # each task in the verdict
     assert json.loads((tmp_path / "realinput.json").read_text())["margins"] and (tmp_path / "realinput.png").is_file()
+
+
+def test_calibration_suite_folds_and_scores_without_leaking_the_test_photo() -> None:
+    """Leave-one-photo-out folds, the calibrated coverage of each fold's test images, and the rendered table."""
+    from benchmarks import calibration
+
+    groups = [p for p in calibration.PHOTOS for _ in range(12)]
+    for test_photo, cal, test in calibration.folds("inpaint", groups):
+        assert all(groups[i] == test_photo for i in test) and all(groups[i] != test_photo for i in cal)
+        assert len(cal) == 24 and len(test) == 12
+    g = torch.Generator().manual_seed(0)
+    # half-normal scores of width 2 on every image: calibrated 90 % needs a scale near 2 * 1.645
+    images = [{"group": p, "k": {2: {"scores": (2 * torch.randn(400, generator=g)).abs(), "std_floored": 0.01,
+                                     "raw_coverage": 0.5, "raw_width": 0.02}}} for p in groups]  # fmt: skip
+    rows = calibration.evaluate("inpaint", {"images": images, "ks": [2]})
+    (row,) = rows
+    assert row["raw_coverage"] == 0.5 and row["n_test"] == 36 and row["n_cal"] == 24
+    assert 0.9 <= row["cal_coverage"] <= 0.97 and 3.0 < row["scale"] < 4.5
+    assert row["cal_width"] == pytest.approx(2 * row["scale"] * 0.01, rel=0.05)
+    data = {"mode": "quick", "level": 0.9, "crop": 64, "photos": list(calibration.PHOTOS),
+            "problems": calibration.PROBLEMS, "samples": 2, "figure": None, "total_seconds": 60.0,
+            "machine": report.machine("cpu"),
+            "results": [{"problem": "inpaint", "method": "ddrm", "steps": 20, "seconds_per_image": 1.0,
+                         "rows": rows}]}  # fmt: skip
+    md = calibration.markdown(data)
+    assert "| photos, 50 % of pixels missing at random" in md and "24 / 36" in md

@@ -223,3 +223,16 @@ def test_blind_blur_refuses_calibration(problem, calibration):
     with pytest.raises(ValueError, match="not available for a BlindBlur"):
         restore(torch.rand(1, 1, 16, 16), BlindBlur(kernel_size=5), prior, method="diffpir", sigma_y=0.01,
                 calibration=calibration)  # fmt: skip
+
+
+def test_restore_batch_keeps_the_calibration(problem, calibration):
+    from invdiff.volume import restore_batch
+
+    prior, op, _, test, g = problem
+    y = torch.cat([_measure(op, test[i : i + 1], g) for i in range(3)])
+    r = restore_batch(y, op, prior, batch_size=2, method="ddrm", samples=8, sigma_y=SIGMA_Y, calibration=calibration)
+    assert r.calibration == calibration
+    lo, hi = r.interval(0.9)
+    torch.testing.assert_close(hi - lo, 2 * calibration.scale(0.9) * r.std.clamp_min(calibration.floor))
+    assert set(calibration.raw_coverage) == {0.5, 0.8, 0.9, 0.95}
+    assert calibration.raw_coverage[0.9] < 0.8  # DDRM-20's raw intervals are too narrow here
