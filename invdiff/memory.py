@@ -149,14 +149,16 @@ CALL_SECONDS = 0.01
 
 #: the fewest noise levels ``default_steps_samples`` gives each method: DDRM's 10 (half its paper's 20,
 #: where its mean is still within 0.3 dB on the images benchmark's tasks) and, for the others, the reduced
-#: counts of the images benchmark's full mode (``benchmarks/images.py`` ``FULL_REDUCED``), the fewest it reports
+#: counts of the images benchmark's full mode (``benchmarks/images.py`` ``FULL_REDUCED``), the fewest it reports;
+#: PnP-DM (not in that benchmark) half its default, as DDRM, where its coupling still reaches rho_min from 5
 STEP_FLOORS = {"ddrm": 10, "pigdm": 20, "ddnm": 20, "diffpir": 20, "dps": 100, "score_ald": 100, "repaint": 50,
-               "daps": 50, "latent_dps": 100, "psld": 100}  # fmt: skip
+               "daps": 50, "pnp_dm": 20, "latent_dps": 100, "psld": 100}  # fmt: skip
 
 #: the order in which ``fitting_methods`` offers methods: the default first, then PiGDM (the best
 #: without an SVD on CT and MRI, ``benchmarks/results/ct.md``, ``mri.md``), the other linear-operator
 #: methods, the gradient and Langevin methods, and the latent ones (which need a latent prior)
-FALLBACK_ORDER = ("ddrm", "pigdm", "ddnm", "diffpir", "dps", "daps", "repaint", "score_ald", "latent_dps", "psld")
+FALLBACK_ORDER = ("ddrm", "pigdm", "ddnm", "diffpir", "dps", "daps", "pnp_dm", "repaint", "score_ald", "latent_dps",
+                  "psld")  # fmt: skip
 
 
 # -- the machine ------------------------------------------------------------------------------------
@@ -542,6 +544,8 @@ def network_calls(method: str, steps: int) -> int:
         return int(knobs["steps_per_level"]) * steps + 1
     if method == "daps":
         return int(knobs["ode_steps"]) * steps  # an upper bound: one call per level at the lowest levels
+    if method == "pnp_dm":
+        return int(knobs["inner_steps"]) * steps  # an upper bound: one call where rho is at the prior's sigma_min
     if method == "repaint":
         jl, jn = int(knobs["jump_length"]), int(knobs["jump_n_sample"])
         return steps + jl * (jn - 1) * len(range(0, steps - jl, jl))

@@ -16,6 +16,7 @@ from .samplers.diffpir import diffpir
 from .samplers.dps import dps
 from .samplers.latent_dps import latent_dps
 from .samplers.pigdm import pigdm
+from .samplers.pnp_dm import pnp_dm
 from .samplers.psld import psld
 from .samplers.repaint import repaint
 from .samplers.score_ald import score_ald
@@ -58,7 +59,8 @@ class Method:
 # quick step counts), measured with every chain starting where its reference starts (centred on the data's
 # middle).  DPS keeps the prior's start (10 is +0.08 dB on one sample: within the noise); Score-ALD too: at
 # 10 levels it is no restorer whatever the start, so that sweep cannot choose for it.  They apply to the
-# shipped priors only (``restore``); ``results/schedule.md`` shows what each default leaves.
+# shipped priors only (``restore``); ``results/schedule.md`` shows what each default leaves.  PnP-DM's 5 is not from
+# the sweep: it is its reference's first coupling, rho = 10 on [-1, 1] (``samplers/pnp_dm.py``).
 METHODS: dict[str, Method] = {
     "ddrm": Method(
         ddrm, 20, frozenset({"svd"}), False,
@@ -97,6 +99,11 @@ METHODS: dict[str, Method] = {
         daps, 200, frozenset(), True,
         "DAPS (Zhang et al. 2025): decoupled annealing with PF-ODE estimates and Langevin on x0",
         sigma_max=10.0,
+    ),
+    "pnp_dm": Method(
+        pnp_dm, 40, frozenset(), True,
+        "PnP-DM (Wu et al. 2024): split Gibbs sampling, a likelihood step and a reverse-diffusion prior step",
+        sigma_max=5.0,
     ),
     "latent_dps": Method(
         latent_dps, 1000, frozenset({"latent"}), True,

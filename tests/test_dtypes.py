@@ -186,6 +186,7 @@ PIXEL = [m for m in METHODS if m not in ("latent_dps", "psld")]
 STEPS = 10
 KNOBS = {  # fewer inner iterations keep every case in milliseconds
     "daps": dict(ode_steps=2, langevin_steps=5),
+    "pnp_dm": dict(inner_steps=2, langevin_steps=5),
     "diffpir": dict(cg_iters=20),
     "score_ald": dict(steps_per_level=2),
     "repaint": dict(jump_length=2, jump_n_sample=2),

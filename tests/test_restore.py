@@ -151,11 +151,11 @@ def test_prior_dtype_mismatch(y):
 
 
 def test_methods_table():
-    assert set(METHODS) == {"ddrm", "dps", "pigdm", "score_ald", "repaint", "ddnm", "diffpir", "daps",
+    assert set(METHODS) == {"ddrm", "dps", "pigdm", "score_ald", "repaint", "ddnm", "diffpir", "daps", "pnp_dm",
                             "latent_dps", "psld"}  # fmt: skip
     assert {k: m.steps for k, m in METHODS.items()} == {
-        "ddrm": 20, "dps": 1000, "pigdm": 100, "score_ald": 500,
-        "repaint": 250, "ddnm": 100, "diffpir": 100, "daps": 200, "latent_dps": 1000, "psld": 1000,
+        "ddrm": 20, "dps": 1000, "pigdm": 100, "score_ald": 500, "repaint": 250, "ddnm": 100, "diffpir": 100,
+        "daps": 200, "pnp_dm": 40, "latent_dps": 1000, "psld": 1000,
     }
     for name, m in METHODS.items():
         params = inspect.signature(m.fn).parameters
@@ -184,6 +184,7 @@ def test_gaussian_noise_model_is_sigma_y(prior, y):
         ("repaint", 6, {"jump_length": 2, "jump_n_sample": 3}, 14),  # 6 + 2 * (3 - 1) * |{0, 2}|
         ("daps", 4, {"ode_steps": 2, "langevin_steps": 3}, 7),  # 3 levels x 2 ODE steps, 1 at the last (< 0.005)
         ("score_ald", 4, {"steps_per_level": 2}, 9),  # 4 x 2 + the final denoise
+        ("pnp_dm", 4, {"inner_steps": 2}, 8),  # 4 iterations x 2 levels of the prior step
     ],
 )
 def test_samples_in_one_batch(method, steps, knobs, nfe):

@@ -7,8 +7,9 @@ from .diffpir import diffpir
 from .dps import dps
 from .latent_dps import latent_dps
 from .pigdm import pigdm
+from .pnp_dm import pnp_dm
 from .psld import psld
 from .repaint import repaint
 from .score_ald import score_ald
 
-__all__ = ["daps", "ddnm", "ddrm", "diffpir", "dps", "latent_dps", "pigdm", "psld", "repaint", "score_ald"]
+__all__ = ["daps", "ddnm", "ddrm", "diffpir", "dps", "latent_dps", "pigdm", "pnp_dm", "psld", "repaint", "score_ald"]
