@@ -127,7 +127,7 @@ def calibrate(
     assert first is not None
     return from_scores(image_scores, raw, method=method, steps=first.steps, samples=samples, prior=prior_id(prior),
                        operator=kinds.pop(), sigma_y=first.sigma_y, floor=float(floor), task=task,
-                       knobs=dict(first.knobs))  # fmt: skip
+                       knobs=dict(first.knobs), sigma_max=first.sigma_max)  # fmt: skip
 
 
 #: the levels whose raw sample-interval coverage a calibration records

@@ -27,6 +27,7 @@ import json
 import math
 import numbers
 from dataclasses import asdict, dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -124,23 +125,30 @@ def fit_scales(image_scores: list[Tensor], levels: tuple[float, ...] = LEVELS) -
     cum = w.cumsum(0)  # cum[k - 1]: the risk when the k largest scores exceed lambda
     out: dict[float, float | None] = {}
     for level in levels:
-        budget = ((n + 1) * (1 - level) - 1) / n  # mean_i L_i(lambda) must not exceed this
+        # mean_i L_i(lambda) <= ((n + 1) alpha - 1) / n, in exact rationals: 1 - 0.9 is 0.0999... in floats,
+        # which would refuse 0.9 at exactly 9 images
+        alpha = 1 - Fraction(level).limit_denominator(10**6)
+        budget = ((n + 1) * alpha - 1) / n
         if budget < 0:
             out[level] = None
             continue
-        k = int(torch.searchsorted(cum, torch.tensor(budget + 1e-15, dtype=torch.float64), right=True))
+        slack = 1e-12 * float(alpha)  # the cumulative sum's rounding, far below one pixel's weight
+        k = int(torch.searchsorted(cum, torch.tensor(float(budget) + slack, dtype=torch.float64), right=True))
         out[level] = float(order.values[min(k, order.values.numel() - 1)])
     return out
 
 
 def prior_id(prior: nn.Module) -> str:
     """A short name for what a calibration was made with: the shipped name, else the class and a parameter hash."""
+    inner = getattr(prior, "prior", None)  # the restore wrappers and ChannelwisePrior delegate to .prior
+    if isinstance(inner, nn.Module):
+        if type(prior).__name__.startswith("_Counting"):
+            return prior_id(inner)
+        extra = f"groups={prior.groups}," if hasattr(prior, "groups") else ""
+        return f"{type(prior).__name__}[{extra}{prior_id(inner)}]"
     shipped = getattr(prior, "shipped", None)
     if shipped:
         return str(shipped)
-    inner = getattr(prior, "prior", None)  # the restore wrappers and ChannelwisePrior delegate to .prior
-    if isinstance(inner, nn.Module) and type(prior).__name__.startswith("_Counting"):
-        return prior_id(inner)
     h = hashlib.sha1()
     for name, t in sorted(prior.state_dict().items()):
         h.update(name.encode())
@@ -168,6 +176,8 @@ class Calibration:
             images themselves (at least the level, by construction).
         raw_coverage: for a few levels, the mean coverage of the raw sample intervals
             (:func:`sample_interval`) on the calibration images: how far off they were.
+        sigma_max: the first noise level of the schedule the calibration images were restored with.
+        knobs: the method's knobs, non-plain values as their ``repr`` (as in the JSON).
     """
 
     method: str
@@ -184,6 +194,10 @@ class Calibration:
     knobs: dict[str, Any] = field(default_factory=dict)
     coverage: dict[float, float] = field(default_factory=dict)
     raw_coverage: dict[float, float] = field(default_factory=dict)
+    sigma_max: float | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "knobs", _plain_knobs(self.knobs))  # as saved, so a loaded one compares alike
 
     def scale(self, level: float) -> float:
         """The scale for ``level``; a level between the stored ones takes the next one up (conservative)."""
@@ -193,7 +207,7 @@ class Calibration:
         key = min(lv for lv in LEVELS if lv >= level - 1e-9)
         s = self.scales.get(key)
         if s is None:
-            need = math.ceil(1 / (1 - key) - 1 - 1e-9)
+            need = math.ceil(1 / (1 - Fraction(key).limit_denominator(10**6)) - 1)
             raise ValueError(f"the calibration has {self.n_images} images; level {key} needs at least {need}: "
                              "calibrate on more images or ask for a lower level")  # fmt: skip
         return float(s)
@@ -204,8 +218,14 @@ class Calibration:
         return mean - half, mean + half
 
     def check(self, *, method: str, steps: int, samples: int, prior: str, operator: str, sigma_y: float | None,
-              knobs: dict[str, Any] | None = None, task: str | None = None) -> None:  # fmt: skip
-        """Raise a one-line ``ValueError`` if this calibration was made for another way of restoring."""
+              knobs: dict[str, Any] | None = None, task: str | None = None,
+              sigma_max: float | None = None) -> None:  # fmt: skip
+        """Raise a one-line ``ValueError`` if this calibration was made for another way of restoring.
+
+        Compared: method, steps, samples, the prior (:func:`prior_id`), the operator's class (not its
+        mask, kernel or factor: name the problem with ``task``), the task where both have one, the
+        schedule's start, the knobs, and ``sigma_y`` within ``SIGMA_Y_RTOL``.
+        """
         mine = {"method": self.method, "steps": self.steps, "samples": self.samples, "prior": self.prior,
                 "operator": self.operator}  # fmt: skip
         theirs = {"method": method, "steps": steps, "samples": samples, "prior": prior, "operator": operator}
@@ -220,6 +240,10 @@ class Calibration:
         ):
             raise ValueError(f"the calibration was made for sigma_y {self.sigma_y}, this run has {sigma_y}: "
                              f"noise levels must agree within {SIGMA_Y_RTOL:.0%}; calibrate at this noise level")  # fmt: skip
+        if self.sigma_max is not None and sigma_max is not None and not math.isclose(self.sigma_max, sigma_max,
+                                                                                       rel_tol=1e-6):  # fmt: skip
+            raise ValueError(f"the calibration was made with a schedule starting at sigma {self.sigma_max:g}, this run "
+                             f"starts at {sigma_max:g}: pass sigma_max={self.sigma_max:g} or calibrate again")  # fmt: skip
         if knobs is not None:
             given = _plain_knobs(knobs)
             for key, value in self.knobs.items():
@@ -228,6 +252,7 @@ class Calibration:
                                      "calibrate with these knobs")  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON form: ``format``, ``version`` and every field (levels as ``"0.90"`` strings)."""
         d = asdict(self)
         d["scales"] = {f"{k:.2f}": v for k, v in self.scales.items()}
         d["coverage"] = {f"{k:.2f}": v for k, v in self.coverage.items()}
@@ -237,6 +262,7 @@ class Calibration:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Calibration":
+        """Read :meth:`to_dict`'s form; a one-line ``ValueError`` for anything else."""
         if not isinstance(d, dict) or d.get("format") != FORMAT:
             raise ValueError("not an invdiff calibration (no \"format\": \"invdiff-calibration\"); "
                              "make one with invdiff.calibrate or 'invdiff calibrate'")  # fmt: skip

@@ -60,6 +60,7 @@ class Result:
             non-negative, summing to 1); ``None`` for every other operator.
         calibration: the :class:`~invdiff.intervals.Calibration` ``restore`` was given, which
             :meth:`interval` then applies; ``None`` for raw sample intervals.
+        sigma_max: the first noise level of the schedule the sampler ran.
     """
 
     mean: Tensor
@@ -75,6 +76,7 @@ class Result:
     sigma_y: float | None = None
     kernel: Tensor | None = None
     calibration: Calibration | None = None
+    sigma_max: float | None = None
 
     def interval(self, level: float = 0.9) -> tuple[Tensor, Tensor]:
         """Per-pixel ``(lo, hi)``, each ``(B, C, H, W)``, meant to hold the truth with probability ``level``.
@@ -266,9 +268,6 @@ def restore(
         raise ValueError(f"samples must be an integer >= 1, got {samples!r}")
     steps, samples = int(steps), int(samples)
     sigma_y, noise = _check_noise(method, m, sigma_y, noise, y, op)
-    if calibration is not None:
-        calibration = _check_calibration(calibration, method, steps, samples, prior, op, sigma_y, noise,
-                                         {**valid, **knobs})  # fmt: skip
 
     # Sides not divisible by the prior's factor: the same problem on a canvas padded at the bottom/right.
     if any(pad):
@@ -283,6 +282,9 @@ def restore(
         sigma_max = m.sigma_max  # the method's start, chosen on the shipped priors
     # Noise levels stay float64 whatever y's dtype: a 1000-level schedule in bfloat16 is not decreasing.
     sigmas = prior.sigmas(steps, sigma_max).to(device=y.device, dtype=torch.float64)
+    if calibration is not None:  # before any sampling
+        calibration = _check_calibration(calibration, method, steps, samples, prior, op, sigma_y, noise,
+                                         {**valid, **knobs}, float(sigmas[0]))  # fmt: skip
     counter = _CountingLatentPrior(prior) if isinstance(prior, LatentPrior) else _CountingPrior(prior)
     extra = {"noise": noise} if m.noise_models else {}
 
@@ -312,11 +314,13 @@ def restore(
         padded=pad,
         sigma_y=sigma_y if noise is None else None,
         calibration=calibration,
+        sigma_max=float(sigmas[0]),
     )
 
 
 def _check_calibration(calibration: Calibration | str, method: str, steps: int, samples: int, prior: Prior,
-                       op: Operator, sigma_y: float, noise: Any | None, knobs: dict[str, Any]) -> Calibration:  # fmt: skip
+                       op: Operator, sigma_y: float, noise: Any | None, knobs: dict[str, Any],
+                       sigma_start: float) -> Calibration:  # fmt: skip
     """The calibration (loaded from a path), checked against this run; raises a one-line ``ValueError``."""
     from pathlib import Path
 
@@ -329,7 +333,7 @@ def _check_calibration(calibration: Calibration | str, method: str, steps: int, 
         raise ValueError("calibrated intervals need at least 2 posterior samples; pass the calibration's "
                          f"samples={calibration.samples}")  # fmt: skip
     calibration.check(method=method, steps=steps, samples=samples, prior=prior_id(prior), operator=type(op).__name__,
-                      sigma_y=sigma_y if noise is None else None, knobs=knobs)  # fmt: skip
+                      sigma_y=sigma_y if noise is None else None, knobs=knobs, sigma_max=sigma_start)  # fmt: skip
     return calibration
 
 

@@ -87,6 +87,7 @@ def restore_batch(
         padded=first.padded,
         sigma_y=max((p.sigma_y for p in parts if p.sigma_y is not None), default=None),
         calibration=first.calibration,
+        sigma_max=first.sigma_max,
     )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from skimage import data, io
@@ -78,6 +79,25 @@ def test_restore_with_calibration_writes_bounds_and_coverage(calibration, tmp_pa
         assert 0 <= row["coverage"] <= 1 and row["interval_width_mean"] > 0
         lo, hi = (io.imread(out / name / f"{b}.png").astype(float) for b in ("lo", "hi"))
         assert lo.shape == hi.shape == (SIZE, SIZE) and (lo <= hi).all() and (lo < hi).any()
+        lo, hi = (np.load(out / name / f"{b}.npy") for b in ("lo", "hi"))  # the bounds themselves
+        assert lo.shape == hi.shape == (1, 1, SIZE, SIZE) and (hi - lo).mean() == pytest.approx(
+            row["interval_width_mean"], rel=1e-5)
+
+
+def test_calibration_sets_the_noise_level_when_none_is_given(calibration, tmp_path):
+    path, _ = calibration
+    clean = crops(tmp_path / "test", 1, top=300)
+    out = tmp_path / "out"
+    r = cli("restore", clean, "--simulate", "--task", "inpaint", "--random-mask", "0.5", "--calibration", path,
+            "-o", out, "--quiet")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert json.loads((out / "c00" / "metrics.json").read_text())["sigma_y"] == pytest.approx(0.02)
+
+
+def test_calibrate_on_too_few_images_says_so(tmp_path):
+    clean = crops(tmp_path / "few", 3)
+    r = cli("calibrate", clean, "--task", "inpaint", "-o", tmp_path / "few.json", *FAST)
+    assert r.exit_code == 1 and "0.9 needs at least 9 images, got 3" in r.output
 
 
 def test_raw_interval_on_a_real_photo_has_no_coverage(tmp_path):

@@ -412,13 +412,14 @@ def _finish(p: _Prepared, mean: torch.Tensor, std: torch.Tensor, samples: torch.
             steps: int, nfe: int, seconds: float, save_samples: bool,
             batched: int = 1, kernel: torch.Tensor | None = None,
             interval: Interval | None = None) -> dict[str, Any]:  # fmt: skip
-    """Write one file's outputs (``samples``: ``(S, 1, C, H, W)``) and return its metrics row.
+    """Write one file's outputs (``samples``: ``(S, slices, C, H, W)``) and return its metrics row.
 
     A volume (several slices) is previewed by its middle slice in the PNGs; DICOM and
     NIfTI inputs also get ``restored.dcm`` / ``restored.nii.gz`` in their own form.
     ``kernel``: the estimated blur ``(S, K, K)`` of ``--kernel auto``, written as ``kernel.npy``
     and ``kernel.png`` (:func:`write_kernel`).  ``interval``: per-pixel bounds written as
-    ``lo.png`` and ``hi.png``, their level, width and (with a truth) coverage in the metrics.
+    ``lo.npy`` / ``hi.npy`` (every slice, unclipped) and ``lo.png`` / ``hi.png`` (previews), their
+    level, width and (with a truth) coverage in the metrics.
     """
     crop, truth, sidecar, out = p.crop, p.truth, p.sidecar, p.out
     bounds = interval.bounds(mean, std, samples) if interval is not None else None
@@ -469,6 +470,8 @@ def _finish(p: _Prepared, mean: torch.Tensor, std: torch.Tensor, samples: torch.
         lo, hi = crop(bounds[0]), crop(bounds[1])
         write_image(out / "lo.png", view(lo).clamp(0, 1))
         write_image(out / "hi.png", view(hi).clamp(0, 1))
+        _save_npy(out / "lo.npy", lo)  # the bounds themselves, unclipped, every slice
+        _save_npy(out / "hi.npy", hi)
         row.update(interval_level=interval.level, interval_calibrated=interval.calibration is not None,
                    interval_width_mean=float((hi - lo).mean()))  # fmt: skip
         if interval.calibration is not None:
@@ -682,6 +685,13 @@ def _with_steps(callback: Callable[[dict], None] | None, steps: int, chunks: int
     return report
 
 
+def _check_calibrated_task(interval: Interval | None, task: str) -> None:
+    """A file of another task than its calibration's (e.g. a --measured sidecar's) fails in one line."""
+    cal = interval.calibration if interval is not None else None
+    if cal is not None and cal.task is not None and task and task != cal.task:
+        raise ValueError(f"the calibration was made for task {cal.task!r}, this file is {task!r}")
+
+
 def _run(p: _Prepared, *, method: str | None, steps: int | None, samples: int | None, save_samples: bool,
          callback, knobs, max_memory: int | None = None, interval: Interval | None = None) -> dict[str, Any]:  # fmt: skip
     """Restore one prepared file (a volume in chunks of slices) and write it.
@@ -689,6 +699,7 @@ def _run(p: _Prepared, *, method: str | None, steps: int | None, samples: int | 
     ``BlindBlur``: one ``restore`` call, which estimates each slice's kernel and runs the
     sampler ``em_iters + 1`` times per slice; the progress counts the steps of every run.
     """
+    _check_calibrated_task(interval, p.task)
     m, n_steps, n_samples, op, knobs = plan(p, method, steps, samples, max_memory, knobs)
     if isinstance(op, BlindBlur):
         runs = p.y.shape[0] * (op.em_iters + 1)
@@ -713,6 +724,7 @@ def _restore_group(group: list[_Prepared], *, method: str | None, steps: int | N
     op = stack_operators([p.op for p in group])
     if op is None or any(p.y.shape[0] != 1 for p in group) or any(p.prior is not group[0].prior for p in group):
         return None  # volumes go one by one, in chunks of slices
+    _check_calibrated_task(interval, group[0].task)
     m, n_steps, n_samples, _, knobs = plan(group[0], method, steps, samples, max_memory, knobs, batch=len(group))
     op = operator_for(m, op)
     y = torch.cat([p.y for p in group])
@@ -940,8 +952,8 @@ def calibrate_files(inputs: list[str], output: str | Path, *, task: str, task_op
     ``sigma_y``, per-file seeds), restored with ``method`` (default: the task's), ``steps``
     (default: the method's own), ``samples`` and the command line's default knobs, and
     scored against itself; :func:`invdiff.calibration.from_scores` fits the scales.  A file
-    that fails is reported and left out; the others still make the calibration.  Every
-    slice of a volume counts as one calibration image.
+    that fails is reported and left out; the others still make the calibration.  Each file
+    is one calibration image, a volume's slices together.
     """
     from ..calibration import default_floor, from_scores, raw_coverages
     from ..intervals import prior_id
@@ -980,19 +992,22 @@ def calibrate_files(inputs: list[str], output: str | Path, *, task: str, task_op
             result = restore_batch(p.y, op, p.prior, batch_size=VOLUME_BATCH, method=m, steps=n_steps,
                                    sigma_y=p.sigma_y, noise=p.noise, samples=samples, seed=p.seed,
                                    callback=_with_steps(callback, n_steps), **knobs)  # fmt: skip
-        except (ValueError, FileNotFoundError, OSError) as e:
+            floor = default_floor(p.prior)
+            mean, std, truth = p.crop(result.mean), p.crop(result.std), p.truth
+            # One file is one calibration unit, a volume's slices together: slices of one scan are not
+            # exchangeable with another scan's, files are.
+            file_scores = scores(truth, mean, std, floor)
+            file_raw = raw_coverages(truth, torch.stack([p.crop(t) for t in result.samples]))
+        except (ValueError, FileNotFoundError, OSError, RuntimeError) as e:  # RuntimeError: e.g. out of memory
             report.failed[name] = str(e).splitlines()[0] if str(e) else type(e).__name__
             if on_file:
                 on_file(name, "failed", None)
             continue
         if meta is None:
-            meta = {**run, "knobs": dict(result.knobs), "sigma_y_result": result.sigma_y,
-                    "floor": default_floor(p.prior)}  # fmt: skip
-        mean, std, truth = p.crop(result.mean), p.crop(result.std), p.truth
-        floor = meta["floor"]
-        for j in range(mean.shape[0]):  # a volume's slices are calibration images each
-            image_scores.append(scores(truth[j : j + 1], mean[j : j + 1], std[j : j + 1], floor))
-            raw.append(raw_coverages(truth[j : j + 1], p.crop(result.samples[:, j])))
+            meta = {**run, "knobs": dict(result.knobs), "sigma_y_result": result.sigma_y, "floor": floor,
+                    "sigma_max": result.sigma_max}  # fmt: skip
+        image_scores.append(file_scores)
+        raw.append(file_raw)
         report.done.append(name)
         if on_file:
             on_file(name, "done", None)
@@ -1001,7 +1016,8 @@ def calibrate_files(inputs: list[str], output: str | Path, *, task: str, task_op
         return report
     report.calibration = from_scores(image_scores, raw, method=meta["method"], steps=meta["steps"], samples=samples,
                                      prior=meta["prior"], operator=meta["op"], sigma_y=meta["sigma_y_result"],
-                                     floor=meta["floor"], task=task, knobs=meta["knobs"])  # fmt: skip
+                                     floor=meta["floor"], task=task, knobs=meta["knobs"],
+                                     sigma_max=meta["sigma_max"])  # fmt: skip
     report.calibration.save(output)
     return report
 

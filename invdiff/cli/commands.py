@@ -7,7 +7,7 @@ import os
 import shlex
 import sys
 from pathlib import Path
-from typing import Annotated, NoReturn, Optional
+from typing import Annotated, Any, NoReturn, Optional
 
 import typer
 
@@ -254,7 +254,8 @@ INTERVAL_SAMPLES = 8
 
 
 def _interval_option(level: float | None, calibration: Path | None, method: str | None, steps: int | None,
-                     samples: int | None, task: str | None, blind: bool):  # fmt: skip
+                     samples: int | None, task: str | None, blind: bool
+                     ) -> tuple[Any, str | None, int | None, int | None]:  # fmt: skip
     """``(Interval or None, method, steps, samples)`` for ``--interval`` / ``--calibration``; fails in one line."""
     from ..intervals import Calibration, check_level
     from .batch import Interval
@@ -342,7 +343,7 @@ def restore_cmd(
                    "natural-rgb for colorize, phantoms for ct and mri)."),
     method: Optional[str] = typer.Option(None, help="Sampler: " + ", ".join(["ddrm", "dps", "pigdm", "ddnm",
                                                                              "diffpir", "repaint", "score_ald",
-                                                                             "daps"])
+                                                                             "daps", "pnp_dm"])
                                          + " (default: ddrm; diffpir for measured photos' deblurring)."),
     steps: Optional[int] = typer.Option(None, help="Noise levels (default: about a minute's worth per image)."),
     samples: Optional[int] = typer.Option(
@@ -355,7 +356,7 @@ def restore_cmd(
                    "the samples' quantiles (default 8 samples), or calibrated ones with --calibration."),
     calibration: Optional[Path] = typer.Option(
         None, help="A calibration from 'invdiff calibrate': calibrated --interval bounds (default level 0.9); "
-                   "its method, steps and samples become the run's."),
+                   "its method, steps, samples and (without --sigma-y) noise level become the run's."),
     seed: int = typer.Option(0, help="Seed (per-file seeds derive from it and the file name)."),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ..."),
     batch_size: int = typer.Option(
@@ -419,6 +420,9 @@ def restore_cmd(
             _fail(f"{flag} must be at least 1, got {value}")
     bounds, method, steps, samples = _interval_option(interval, calibration, method, steps, samples, task,
                                                       options.get("kernel") == "auto")  # fmt: skip
+    if bounds is not None and bounds.calibration is not None and bounds.calibration.sigma_y is not None \
+            and sigma_y is None and not measured:
+        sigma_y = str(bounds.calibration.sigma_y)  # the noise the calibration holds for, not an estimate
     try:
         resolve_device(device)
     except ValueError as e:
@@ -698,7 +702,7 @@ def calibrate(
     line += (f"calibrated 90 % = mean +- {s90:.3f} std" if s90 is not None
              else f"0.9 needs at least 9 images, got {cal.n_images}")  # fmt: skip
     typer.echo(f"{line}; {rep.seconds:.1f} s; wrote {output}")
-    if rep.failed:
+    if rep.failed or s90 is None:
         raise typer.Exit(1)
 
 
