@@ -127,7 +127,7 @@ def parser() -> argparse.ArgumentParser:
     bli.add_argument("--seed", type=int, default=0, help="seed of the noise and the sampler (default 0)")
     cal = sub.add_parser("calibration", help="coverage of raw and calibrated 90 % intervals on held-out photos "
                                              "and phantoms, against the number of samples")
-    _mode(cal, "30 crops per photo, 60 phantoms, DDRM, 8 samples",
+    _mode(cal, "30 crops per photo, 100 phantoms, DDRM, 8 samples",
           "60 crops per photo, 150 phantoms, DDRM, PnP-DM and PiGDM, 16 samples")
     cal.add_argument("--seed", type=int, default=0, help="seed of the noise and the samplers (default 0)")
     every = sub.add_parser("all", help="every benchmark above in turn: regenerates every committed number and figure")

@@ -15,8 +15,10 @@ import torch
 from invdiff import METHODS
 from invdiff.exact import dense_matrix, gaussian_posterior, posterior_report
 from invdiff.operators import Blur, Gaussian, Identity, Inpainting, LinearOperator, Poisson, Saturation, gaussian_kernel
-from invdiff.priors import GaussianPrior, Prior
+from invdiff.priors import GaussianPrior
 from invdiff.samplers.pnp_dm import RHO_FLOOR, _exact_step, pnp_dm
+
+from counting import CountingPrior  # tests/counting.py
 
 F64 = torch.float64
 SHAPE = (1, 6, 6)
@@ -37,23 +39,6 @@ class Dense(LinearOperator):
 
     def adjoint(self, y):
         return (y.reshape(y.shape[0], -1) @ self.A.to(y)).reshape(y.shape[0], *self.shape)
-
-
-class CountingPrior(Prior):
-    def __init__(self, inner: Prior) -> None:
-        super().__init__()
-        self.inner, self.calls = inner, 0
-        self.sigma_min, self.sigma_max, self.data_range = inner.sigma_min, inner.sigma_max, inner.data_range
-
-    def denoise(self, x, sigma):
-        self.calls += 1
-        return self.inner.denoise(x, sigma)
-
-    def sigmas(self, steps, sigma_max=None):
-        return self.inner.sigmas(steps, sigma_max)
-
-    def data_mean(self):
-        return self.inner.data_mean()
 
 
 @pytest.fixture(autouse=True)

@@ -39,6 +39,8 @@ from invdiff.samplers.score_ald import score_ald
 from invdiff.samplers.repaint import repaint
 from invdiff.samplers.daps import daps
 
+from counting import CountingPrior  # tests/counting.py
+
 F64 = torch.float64
 
 #: (name, sampler, extra knobs for the quick checks).  Append new samplers here.
@@ -54,25 +56,6 @@ SAMPLERS = [
 ]
 NEEDS_SVD = {"ddrm", "ddnm"}
 NEEDS_LINEAR = NEEDS_SVD | {"pigdm", "diffpir"}
-
-
-class CountingPrior(Prior):
-    """Delegates to ``inner`` and counts ``denoise`` calls."""
-
-    def __init__(self, inner: Prior) -> None:
-        super().__init__()
-        self.inner, self.calls = inner, 0
-        self.sigma_min, self.sigma_max, self.data_range = inner.sigma_min, inner.sigma_max, inner.data_range
-
-    def denoise(self, x, sigma):
-        self.calls += 1
-        return self.inner.denoise(x, sigma)
-
-    def sigmas(self, steps, sigma_max=None):
-        return self.inner.sigmas(steps, sigma_max)
-
-    def data_mean(self):
-        return self.inner.data_mean()
 
 
 class Squash(Operator):
