@@ -22,13 +22,7 @@ FAST = ["--kernel-size", "9", "--steps", "3", "--samples", "1", "--quiet"]
 SIZE = 40
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One thread: 40x40 images gain nothing from more, and a busy 2-core machine makes spinning threads crawl."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def run(*args):

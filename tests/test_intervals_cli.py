@@ -10,7 +10,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from skimage import data, io
 from typer.testing import CliRunner
 
@@ -20,12 +19,7 @@ SIZE = 16
 FAST = ["--steps", "3", "--samples", "2", "--quiet"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def cli(*args):

@@ -9,28 +9,14 @@ import torch
 
 from invdiff.exact import dense_matrix, gaussian_posterior
 from invdiff.operators import Gaussian, Identity, Inpainting, Poisson, random_mask
-from invdiff.priors import GaussianPrior, Prior
+from invdiff.priors import GaussianPrior
 from invdiff.samplers.daps import _pf_ode, daps
 from invdiff.samplers.repaint import jump_schedule, repaint
 
+from counting import CountingPrior  # tests/counting.py
+
 F64 = torch.float64
 SHAPE = (1, 8, 8)
-
-
-class Counting(Prior):
-    """Delegates to ``inner`` and counts ``denoise`` calls."""
-
-    def __init__(self, inner: Prior) -> None:
-        super().__init__()
-        self.inner, self.calls = inner, 0
-        self.sigma_min, self.sigma_max, self.data_range = inner.sigma_min, inner.sigma_max, inner.data_range
-
-    def denoise(self, x, sigma):
-        self.calls += 1
-        return self.inner.denoise(x, sigma)
-
-    def data_mean(self):
-        return self.inner.data_mean()
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -78,7 +64,7 @@ def test_jump_schedule_edge_cases_and_paper_count():
 
 def test_repaint_calls_and_exact_known_region():
     prior, op, _, y = inpainting_problem(batch=2)
-    counting = Counting(prior)
+    counting = CountingPrior(prior)
     seen = []
     x = repaint(counting, op, y, prior.sigmas(6), jump_length=2, jump_n_sample=3, generator=gen(), callback=seen.append)
     assert counting.calls == len(seen) == 14
@@ -148,7 +134,7 @@ def test_pf_ode_matches_the_exact_flow():
 
 def test_daps_nfe_and_noise_models():
     prior, op, _, y = inpainting_problem()
-    counting = Counting(prior)
+    counting = CountingPrior(prior)
     with torch.no_grad():
         a = daps(counting, op, y, prior.sigmas(6), sigma_y=0.05, ode_steps=3, langevin_steps=4, generator=gen())
     # levels x ode_steps, but one call at the last level (below ode_sigma_min, where the ODE has nothing to do);
