@@ -32,7 +32,7 @@ from torch import Tensor
 from invdiff import restore
 from invdiff.calibration import default_floor
 from invdiff.datasets import skimage_image
-from invdiff.intervals import fit_scales, sample_interval, scores
+from invdiff.intervals import coverage, fit_scales, sample_interval, scores
 from invdiff.medical.ct import ct_operator
 from invdiff.operators import Blur, Inpainting, MRI, gaussian_kernel, mri_mask, random_mask
 from invdiff.priors import load_prior
@@ -137,11 +137,10 @@ def restore_all(kind: str, method: str, mode: str, seed: int) -> dict[str, Any]:
             s = r.samples[:k].double()
             mean, std = s.mean(0), s.std(0)
             lo, hi = sample_interval(s, LEVEL)
-            inside = ((x.double() >= lo) & (x.double() <= hi)).double().mean()
             entry["k"][k] = {
                 "scores": scores(x, mean, std, floor).reshape(-1).float(),
                 "std_floored": float(std.clamp_min(floor).mean()),
-                "raw_coverage": float(inside),
+                "raw_coverage": coverage(x.double(), lo, hi),
                 "raw_width": float((hi - lo).mean()),
             }
         texture = float(x.std())  # the figure shows the most textured test image (camera's, for photos)

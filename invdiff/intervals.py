@@ -76,6 +76,20 @@ def sample_interval(samples: Tensor, level: float) -> tuple[Tensor, Tensor]:
     return quantile(s, (1 - level) / 2).to(samples.dtype), quantile(s, (1 + level) / 2).to(samples.dtype)
 
 
+def bounds(mean: Tensor, std: Tensor, samples: Tensor, level: float,
+           calibration: "Calibration | None" = None) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """``(lo, hi)``: ``calibration``'s ``mean -+ scale * std``, or without one the samples' quantiles.
+
+    ``samples`` ``(S, ...)`` must have at least 2 entries either way: one sample has no spread.
+    """
+    if samples.shape[0] < 2:
+        raise ValueError("an interval needs at least 2 posterior samples (one sample has no spread); "
+                         "restore with samples=8 or more")  # fmt: skip
+    if calibration is not None:
+        return calibration.interval(mean, std, level)
+    return sample_interval(samples, level)
+
+
 def scores(truth: Tensor, mean: Tensor, std: Tensor, floor: float) -> Tensor:
     """Nonconformity ``|truth - mean| / max(std, floor)`` per pixel, float64, shaped like ``mean``."""
     if truth.shape != mean.shape:
@@ -229,8 +243,7 @@ class Calibration:
         mine = {"method": self.method, "steps": self.steps, "samples": self.samples, "prior": self.prior,
                 "operator": self.operator}  # fmt: skip
         theirs = {"method": method, "steps": steps, "samples": samples, "prior": prior, "operator": operator}
-        if self.task is not None and task is not None:
-            mine["task"], theirs["task"] = self.task, task
+        self.check_task(task)
         for key, value in mine.items():
             if theirs[key] != value:
                 raise ValueError(f"the calibration was made for {key} {value!r}, this run has {theirs[key]!r}: "
@@ -250,6 +263,12 @@ class Calibration:
                 if key in given and given[key] != value:
                     raise ValueError(f"the calibration was made with {key}={value!r}, this run has {given[key]!r}: "
                                      "calibrate with these knobs")  # fmt: skip
+
+    def check_task(self, task: str | None) -> None:
+        """Raise a one-line ``ValueError`` if both name a task and they differ."""
+        if self.task is not None and task and task != self.task:
+            raise ValueError(f"the calibration was made for task {self.task!r}, this run is {task!r}: "
+                             "calibrate for this task")  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form: ``format``, ``version`` and every field (levels as ``"0.90"`` strings)."""

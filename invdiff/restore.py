@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from .intervals import Calibration, coverage, prior_id, sample_interval
+from .intervals import Calibration, bounds, coverage, prior_id
 from .methods import METHODS, Method
 from .operators.blur import BlindBlur, Blur
 from .operators.embed import crop, embed
@@ -88,12 +88,7 @@ class Result:
         coverage of a new image's pixels is at least ``level`` (``invdiff.calibrate``).
         Needs at least 2 samples; ``level`` in (0, 1).
         """
-        if self.samples.shape[0] < 2:
-            raise ValueError("an interval needs at least 2 posterior samples (one sample has no spread); "
-                             "restore with samples=8 or more")  # fmt: skip
-        if self.calibration is not None:
-            return self.calibration.interval(self.mean, self.std, level)
-        return sample_interval(self.samples, level)
+        return bounds(self.mean, self.std, self.samples, level, self.calibration)
 
     def coverage(self, truth: Tensor, level: float = 0.9) -> float:
         """The fraction of ``truth``'s pixels inside :meth:`interval` at ``level`` (``truth`` shaped like ``mean``)."""

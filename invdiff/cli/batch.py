@@ -40,7 +40,7 @@ from ..medical.ct import hu_to_unit, parse_window, unit_to_hu
 from ..blind import check_blind_method, methods_for_blind
 from ..samplers.diffpir import VALID_BLUR_CG_ITERS
 from ..io import Image, derived_series_uid, file_seed, find_inputs, pad_to_multiple, read_image, write_image
-from ..intervals import Calibration, coverage, sample_interval, scores
+from ..intervals import Calibration, bounds, coverage, scores
 from ..metrics import lpips, lpips_available, psnr, ssim
 from ..restore import check_method, restore
 from ..operators import BlindBlur, Blur, gaussian_kernel
@@ -403,9 +403,7 @@ class Interval:
 
     def bounds(self, mean: torch.Tensor, std: torch.Tensor, samples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(lo, hi)``: calibrated ``mean -+ scale * std``, or the samples' quantiles (``samples`` ``(S, B, ...)``)."""
-        if self.calibration is not None:
-            return self.calibration.interval(mean, std, self.level)
-        return sample_interval(samples, self.level)
+        return bounds(mean, std, samples, self.level, self.calibration)
 
 
 def _finish(p: _Prepared, mean: torch.Tensor, std: torch.Tensor, samples: torch.Tensor, *, method: str,
@@ -687,9 +685,8 @@ def _with_steps(callback: Callable[[dict], None] | None, steps: int, chunks: int
 
 def _check_calibrated_task(interval: Interval | None, task: str) -> None:
     """A file of another task than its calibration's (e.g. a --measured sidecar's) fails in one line."""
-    cal = interval.calibration if interval is not None else None
-    if cal is not None and cal.task is not None and task and task != cal.task:
-        raise ValueError(f"the calibration was made for task {cal.task!r}, this file is {task!r}")
+    if interval is not None and interval.calibration is not None:
+        interval.calibration.check_task(task)
 
 
 def _run(p: _Prepared, *, method: str | None, steps: int | None, samples: int | None, save_samples: bool,
