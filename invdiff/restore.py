@@ -566,7 +566,7 @@ def _restore_blind(
                            samples=n, seed=seed + i, generator=generator, callback=callback, sigma_max=sigma_max,
                            **knobs)  # fmt: skip
 
-        k, _, em = estimate_blind(yi, blind, run)
+        k, _, em = estimate_blind(yi, blind, run, float(sigma_y or 0.0))
         last = run(Blur(k.to(y.device), padding="valid"), samples, steps)
         nfe += last.nfe + (em.nfe * blind.em_iters if em is not None else 0)
 

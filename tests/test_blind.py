@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,7 +16,11 @@ from invdiff.blind import (
     clean_kernel,
     estimate_kernel,
     kernel_ncc,
+    SpectralModel,
+    estimate_blind,
+    gaussian_family,
     methods_for_blind,
+    periodic_component,
     snap,
 )
 from invdiff.operators import BlindBlur, Blur, gaussian_kernel, motion_kernel
@@ -53,6 +59,66 @@ def test_classical_start_finds_a_gaussian_and_no_blur_gives_a_near_delta():
     sharp = _camera(256, 100, 100) + 0.01 * torch.randn(1, 1, 256, 256, generator=torch.Generator().manual_seed(0))
     k0 = snap(classical_kernel(sharp[0], 15)[0])  # the start restore uses
     assert float(k0[6:9, 6:9].sum()) > 0.9  # where the Gaussian of std 1.5 holds 0.37
+
+
+@pytest.mark.parametrize("kernel", [gaussian_kernel(1.5, 15), gaussian_family(15, 2.5, 1.0, 0.6).float()])
+def test_spectral_model_fits_a_gaussian_blur(kernel):
+    _, y = _blurred(kernel, 140)
+    model = SpectralModel(y[0], 0.01)
+    k, nll = model.fit_gaussian(15)
+    assert k.shape == (15, 15) and k.min() >= 0 and abs(float(k.sum()) - 1) < 1e-5
+    assert kernel_ncc(k, kernel) > 0.97
+    assert int((k > 0).sum()) < 15 * 15  # tails cut at a thousandth of the peak: the support says how far it reaches
+    assert abs(nll - model.nll(k)) < 1e-3  # the fit's score is the profiled score of its kernel
+    n = 140 * 140 - 1  # every periodogram value but the mean's
+    assert model.penalty(0) == 0 and abs(model.penalty(3) - 3 * math.log(n) / n) < 1e-15
+    # the true kernel explains the spectrum better than no blur or a blur twice as wide
+    delta = torch.zeros(15, 15)
+    delta[7, 7] = 1
+    assert model.nll(kernel) < model.nll(delta) and model.nll(kernel) < model.nll(gaussian_kernel(3.0, 15))
+
+
+def test_spectral_model_fits_a_straight_shake():
+    kernel = torch.zeros(15, 15)
+    kernel[7, 2:13] = 1 / 11  # 11 pixels of horizontal motion
+    _, y = _blurred(kernel, 140)
+    model = SpectralModel(y[0], 0.01)
+    k, nll = model.fit_line(15)
+    assert k.shape == (15, 15) and k.min() >= 0 and abs(float(k.sum()) - 1) < 1e-5
+    assert kernel_ncc(k, kernel) > 0.9
+    assert nll < model.fit_gaussian(15)[1]  # the line explains a straight shake better than any Gaussian
+
+
+def test_spectral_model_finds_no_blur_in_a_sharp_photo():
+    sharp = _camera(160, 100, 100) + 0.01 * torch.randn(1, 1, 160, 160, generator=torch.Generator().manual_seed(0))
+    k, _ = SpectralModel(sharp[0], 0.01).fit_gaussian(15)
+    assert float(k[6:9, 6:9].sum()) > 0.9  # where a Gaussian of std 1.5 holds 0.37
+
+
+def test_periodic_component_removes_the_border_cross():
+    ramp = torch.linspace(0, 1, 64, dtype=torch.float64)[None, :].expand(48, 64) + 0.3
+    p = periodic_component(ramp)
+    axis = lambda u: float((torch.fft.fft2(u).abs() ** 2)[0, 1:].sum())  # noqa: E731  (the cross's row)
+    assert axis(p) < 1e-3 * axis(ramp)  # a ramp: a jump of 1 between its last column and its first
+    # the smooth part has mean zero: the periodic component keeps the image's mean
+    assert abs(float(p.mean() - ramp.mean())) < 1e-9
+
+
+def test_estimate_blind_returns_the_candidate_of_least_score():
+    kernel = gaussian_kernel(1.5, 15)
+    _, y = _blurred(kernel, 120)
+    prior = invdiff.priors.load_prior("natural-gray")
+
+    def run(op):
+        return invdiff.restore(y, op, prior, method="diffpir", steps=2, sigma_y=0.01)
+
+    k, candidates, res = estimate_blind(y, BlindBlur(15, em_iters=1), run, 0.01)
+    assert [c[0] for c in candidates] == ["gaussian", "line", "classical", "em1"] and res is not None
+    assert torch.equal(k, min(candidates, key=lambda c: c[2])[1])
+    assert kernel_ncc(k, kernel) > 0.97
+    # a given start replaces both starts
+    _, only, res0 = estimate_blind(y, BlindBlur(15, init=gaussian_kernel(2.0, 15), em_iters=0), run, 0.01)
+    assert [c[0] for c in only] == ["init"] and res0 is None
 
 
 def test_kernel_helpers():
