@@ -551,6 +551,9 @@ def _restore_blind(
         raise ValueError(f"kernel size {size} is larger than the image {h}x{w}; give a smaller --kernel-size")
     if method == "diffpir" and "cg_iters" not in knobs:
         knobs = {**knobs, "cg_iters": VALID_BLUR_CG_ITERS}
+    if sigma_y is None:  # before the kernel's seconds of work, not after
+        raise ValueError("a BlindBlur needs sigma_y= (measurement noise std in data units; 0 for noiseless), "
+                         "or sigma_y='auto' to estimate it from y")  # fmt: skip
     if isinstance(sigma_y, str) and sigma_y == "auto":
         from .noise_level import estimate_sigma_y
 
@@ -566,7 +569,7 @@ def _restore_blind(
                            samples=n, seed=seed + i, generator=generator, callback=callback, sigma_max=sigma_max,
                            **knobs)  # fmt: skip
 
-        k, _, em = estimate_blind(yi, blind, run, float(sigma_y or 0.0))
+        k, _, em = estimate_blind(yi, blind, run, float(sigma_y))
         last = run(Blur(k.to(y.device), padding="valid"), samples, steps)
         nfe += last.nfe + (em.nfe * blind.em_iters if em is not None else 0)
 

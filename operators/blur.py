@@ -365,9 +365,12 @@ class BlindBlur:
     Args:
         kernel_size: odd side of the kernel's support (an upper bound on the blur's extent).
         init: optional starting kernel ``(kernel_size, kernel_size)`` (e.g. a Gaussian
-            guess); without one the start is the coarse-to-fine classical estimate.
+            guess); it replaces the default candidates (the spectral Gaussian and line
+            fits and the coarse-to-fine classical estimate, which starts the EM rounds).
         em_iters: rounds of (posterior sample given the kernel, kernel given the sample)
-            after the start; 0 keeps the start's kernel.
+            after the start; the kernel used is the candidate (start or round) of
+            highest spectral marginal likelihood (``invdiff.blind.estimate_blind``), so
+            0 chooses among the starts alone.
         em_steps: noise levels of those rounds' sampler runs (default: the final run's).
     """
 

@@ -102,6 +102,22 @@ def test_periodic_component_removes_the_border_cross():
     assert axis(p) < 1e-3 * axis(ramp)  # a ramp: a jump of 1 between its last column and its first
     # the smooth part has mean zero: the periodic component keeps the image's mean
     assert abs(float(p.mean() - ramp.mean())) < 1e-9
+    # and it leaves the rest of the spectrum: a texture on the ramp keeps its power at its frequency
+    rows = torch.arange(48, dtype=torch.float64)[:, None]
+    texture = 0.1 * torch.cos(2 * math.pi * 12 * rows / 48).expand(48, 64)
+    spectrum = torch.fft.fft2(periodic_component(ramp + texture)).abs() ** 2
+    expected = float((torch.fft.fft2(texture).abs() ** 2)[12, 0])
+    assert abs(float(spectrum[12, 0]) / expected - 1) < 0.06  # 0.96: the smooth part takes a little of it
+
+
+def test_spectral_model_takes_colour_at_its_channels_noise():
+    kernel = gaussian_family(15, 2.5, 1.0, 0.6).float()
+    rgb = torch.from_numpy(data.astronaut()[100:254, 150:304] / 255.0).float().permute(2, 0, 1)[None]
+    y = Blur(kernel, padding="valid")(rgb)
+    y = y + 0.02 * torch.randn(y.shape, generator=torch.Generator().manual_seed(3))
+    model = SpectralModel(y[0], 0.02)
+    assert abs(model.noise - 0.02**2 / 3) < 1e-12  # the mean of three channels' independent noise
+    assert kernel_ncc(model.fit_gaussian(15)[0], kernel) > 0.95
 
 
 def test_estimate_blind_returns_the_candidate_of_least_score():
@@ -116,9 +132,20 @@ def test_estimate_blind_returns_the_candidate_of_least_score():
     assert [c[0] for c in candidates] == ["gaussian", "line", "classical", "em1"] and res is not None
     assert torch.equal(k, min(candidates, key=lambda c: c[2])[1])
     assert kernel_ncc(k, kernel) > 0.97
-    # a given start replaces both starts
-    _, only, res0 = estimate_blind(y, BlindBlur(15, init=gaussian_kernel(2.0, 15), em_iters=0), run, 0.01)
+    # every score is the kernel's spectral NLL plus the charge for its free parameters
+    model = SpectralModel(y[0], 0.01)
+    for label, kernel_c, score in candidates:
+        charge = score - model.nll(kernel_c)
+        free_form = model.penalty(int((kernel_c > 0).sum()) - 1)
+        allowed = [model.penalty(3)] + ([] if label in ("gaussian", "line") else [free_form])  # a fit, or snapped
+        assert min(abs(charge - a) for a in allowed) < 1e-9
+    # a given start replaces the default candidates, and is charged as a free-form kernel
+    init = gaussian_kernel(2.0, 15)
+    _, only, res0 = estimate_blind(y, BlindBlur(15, init=init, em_iters=0), run, 0.01)
     assert [c[0] for c in only] == ["init"] and res0 is None
+    assert abs(only[0][2] - model.nll(init) - model.penalty(int((init > 0).sum()) - 1)) < 1e-9
+    _, with_em, _ = estimate_blind(y, BlindBlur(15, init=init, em_iters=1), run, 0.01)
+    assert [c[0] for c in with_em] == ["init", "em1"]
 
 
 def test_kernel_helpers():
@@ -154,6 +181,8 @@ def test_blind_errors():
     y = torch.rand(1, 1, 24, 24)
     with pytest.raises(ValueError, match="diffpir"):
         invdiff.restore(y, BlindBlur(9), prior, method="ddrm", sigma_y=0.01)
+    with pytest.raises(ValueError, match="needs sigma_y"):
+        invdiff.restore(torch.rand(1, 1, 40, 40), BlindBlur(9), prior, method="diffpir")
     with pytest.raises(ValueError, match="larger than the image"):
         invdiff.restore(y, BlindBlur(31), prior, method="diffpir", sigma_y=0.01)
     for bad in (4, 1, 2.5, True):
