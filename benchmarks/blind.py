@@ -187,7 +187,7 @@ def clock(device: str = "cpu", seed: int = 0, log=print) -> dict[str, Any]:
                         seed=seed)  # fmt: skip
     seconds = time.perf_counter() - t
     k = r.kernel[0].cpu()
-    visible = k >= 0.01 * k.max()  # a parametric kernel's tails are tiny but nonzero everywhere
+    visible = k >= 0.01 * k.max()  # the extent a reader sees: faint edges below 1 % of the peak left out
     rows, cols = torch.nonzero(visible.any(1))[:, 0], torch.nonzero(visible.any(0))[:, 0]
     extent = [int(rows.max() - rows.min() + 1), int(cols.max() - cols.min() + 1)]
     grid([("clock_motion.png\n(real blur, no truth)", y), (f"invdiff, kernel auto\n{seconds:.0f} s", r.mean),
