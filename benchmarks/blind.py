@@ -124,6 +124,7 @@ def run(mode: str = "quick", device: str = "cpu", seed: int = 0, log=print) -> d
 
                 case = {"image": name, "kernel": kname, "sigma_y": sigma}
                 out: dict[str, tuple[torch.Tensor, float, torch.Tensor | None]] = {}
+                choice: dict[str, str] = {}  # which candidate the blind rows' kernel is
                 est, sec = nonblind(k)
                 out["ceiling"] = (est, sec, k)
                 est, sec = nonblind(gaussian_kernel(2.0, SIZE))
@@ -133,12 +134,14 @@ def run(mode: str = "quick", device: str = "cpu", seed: int = 0, log=print) -> d
                     r = invdiff.restore(y, BlindBlur(SIZE, em_iters=em), prior, method="diffpir", steps=STEPS,
                                         sigma_y=sigma, seed=seed)  # fmt: skip
                     out[label] = (r.mean, time.perf_counter() - t, r.kernel[0])
+                    choice[label] = r.kernel_choice[0]
                 t = time.perf_counter()
                 kc, xc = classical(y, sigma)
                 out["classical"] = (xc, time.perf_counter() - t, kc)
                 for method, (est, sec, kern) in out.items():
                     row = {**case, "method": method, **aligned(est, truth), "seconds": sec,
-                           "kernel_ncc": kernel_ncc(kern, k) if kern is not None else None}  # fmt: skip
+                           "kernel_ncc": kernel_ncc(kern, k) if kern is not None else None,
+                           "choice": choice.get(method)}  # fmt: skip
                     rows.append(row)
                 line = "  ".join(f"{r['method']} {r['psnr']:.2f} ({r['kernel_ncc']:.2f})" for r in rows[-len(out):])
                 log(f"{name} {kname} sigma {sigma:g}: {line}")

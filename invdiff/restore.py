@@ -58,6 +58,9 @@ class Result:
             ``None`` when a non-Gaussian noise model (``noise=Poisson(...)``) set the likelihood.
         kernel: ``(B, K, K)`` the blur kernels estimated for ``op=BlindBlur(...)`` (centred,
             non-negative, summing to 1); ``None`` for every other operator.
+        kernel_choice: for ``op=BlindBlur(...)``, which candidate each image's kernel is
+            (``"gaussian"``, ``"line"``, ``"classical"``, ``"em1"``... or ``"init"``; see
+            ``invdiff.blind.estimate_blind``); ``None`` for every other operator.
         calibration: the :class:`~invdiff.intervals.Calibration` ``restore`` was given, which
             :meth:`interval` then applies; ``None`` for raw sample intervals.
         sigma_max: the first noise level of the schedule the sampler ran.
@@ -75,6 +78,7 @@ class Result:
     padded: tuple[int, int, int, int] = (0, 0, 0, 0)
     sigma_y: float | None = None
     kernel: Tensor | None = None
+    kernel_choice: list[str] | None = None
     calibration: Calibration | None = None
     sigma_max: float | None = None
 
@@ -561,6 +565,7 @@ def _restore_blind(
     start = time.perf_counter()
     top = size - 1 - size // 2
     means, stds, draws, kernels, nfe, last = [], [], [], [], 0, None
+    choices: list[str] = []
     for i in range(b):
         yi = y[i : i + 1]
 
@@ -569,7 +574,8 @@ def _restore_blind(
                            samples=n, seed=seed + i, generator=generator, callback=callback, sigma_max=sigma_max,
                            **knobs)  # fmt: skip
 
-        k, _, em = estimate_blind(yi, blind, run, float(sigma_y))
+        k, candidates, em = estimate_blind(yi, blind, run, float(sigma_y))
+        choices.append(next(label for label, kc, _ in candidates if kc is k))
         last = run(Blur(k.to(y.device), padding="valid"), samples, steps)
         nfe += last.nfe + (em.nfe * blind.em_iters if em is not None else 0)
 
@@ -584,5 +590,5 @@ def _restore_blind(
     return Result(
         mean=torch.cat(means), std=torch.cat(stds), samples=torch.cat(draws, dim=1), nfe=nfe,
         seconds=time.perf_counter() - start, method=method, steps=last.steps, knobs=last.knobs, dtype=last.dtype,
-        padded=last.padded, sigma_y=last.sigma_y, kernel=torch.stack(kernels),
+        padded=last.padded, sigma_y=last.sigma_y, kernel=torch.stack(kernels), kernel_choice=choices,
     )

@@ -171,9 +171,11 @@ def test_restore_blind_returns_the_photo_and_its_kernel():
     assert res.kernel.shape == (2, 9, 9)
     assert torch.allclose(res.kernel.sum((-1, -2)), torch.ones(2), atol=1e-5) and res.kernel.min() >= 0
     assert res.nfe >= 2 * 3  # the E-step run and the final run, per image
+    assert len(res.kernel_choice) == 2 and set(res.kernel_choice) <= {"gaussian", "line", "classical", "em1"}
     # a given start with no EM rounds is returned as it is
     res0 = invdiff.restore(y, BlindBlur(9, init=kernel, em_iters=0), prior, method="diffpir", steps=2, sigma_y=0.01)
     assert torch.allclose(res0.kernel[0], kernel / kernel.sum())
+    assert res0.kernel_choice == ["init"]
 
 
 def test_blind_errors():

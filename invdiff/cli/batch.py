@@ -408,7 +408,7 @@ class Interval:
 
 def _finish(p: _Prepared, mean: torch.Tensor, std: torch.Tensor, samples: torch.Tensor, *, method: str,
             steps: int, nfe: int, seconds: float, save_samples: bool,
-            batched: int = 1, kernel: torch.Tensor | None = None,
+            batched: int = 1, kernel: torch.Tensor | None = None, kernel_choice: list[str] | None = None,
             interval: Interval | None = None) -> dict[str, Any]:  # fmt: skip
     """Write one file's outputs (``samples``: ``(S, slices, C, H, W)``) and return its metrics row.
 
@@ -462,6 +462,8 @@ def _finish(p: _Prepared, mean: torch.Tensor, std: torch.Tensor, samples: torch.
         row.update(kernel="auto", kernel_size=int(kernel.shape[-1]), kernel_file="kernel.npy",
                    kernel_preview="kernel.png")  # fmt: skip
         row["kernel_fills_support"] = fills_support(kernel)
+        if kernel_choice:  # which candidate won, per slice (invdiff.blind.estimate_blind)
+            row["kernel_choice"] = kernel_choice[0] if len(set(kernel_choice)) == 1 else kernel_choice
     if batched > 1:
         row["batched_with"] = batched  # seconds: the batch's time divided by its images
     if bounds is not None:
@@ -704,7 +706,7 @@ def _run(p: _Prepared, *, method: str | None, steps: int | None, samples: int | 
                          seed=p.seed, callback=_with_steps(callback, n_steps, runs), **knobs)  # fmt: skip
         return _finish(p, result.mean, result.std, result.samples, method=m, steps=result.steps, nfe=result.nfe,
                        seconds=result.seconds, save_samples=save_samples, kernel=result.kernel,
-                       interval=interval)  # fmt: skip
+                       kernel_choice=result.kernel_choice, interval=interval)  # fmt: skip
     chunks = -(-p.y.shape[0] // VOLUME_BATCH)
     result = restore_batch(p.y, op, p.prior, batch_size=VOLUME_BATCH, method=m, steps=n_steps,
                            sigma_y=p.sigma_y, noise=p.noise, samples=n_samples, seed=p.seed,
