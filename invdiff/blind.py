@@ -214,10 +214,16 @@ def kernel_ncc(a: Tensor, b: Tensor) -> float:
 def gaussian_family(size: int, sy: float, sx: float, theta: float, cy: float = 0.0, cx: float = 0.0) -> Tensor:
     """Anisotropic Gaussian kernel ``(size, size)`` summing to 1: stds ``sy, sx`` along axes turned by ``theta``."""
     t = torch.arange(size, dtype=torch.float64) - size // 2
+    as_t = lambda v: torch.as_tensor(v, dtype=torch.float64)  # noqa: E731
+    return _gaussian_on(t, as_t(max(sy, 1e-3)), as_t(max(sx, 1e-3)), as_t(theta), cy, cx)
+
+
+def _gaussian_on(t: Tensor, sy: Tensor, sx: Tensor, theta: Tensor, cy: float = 0.0, cx: float = 0.0) -> Tensor:
+    """``gaussian_family`` on the grid ``t`` with tensor parameters (differentiable: ``SpectralModel.fit_gaussian``)."""
     yy, xx = t[:, None] - cy, t[None, :] - cx
-    c, s = math.cos(theta), math.sin(theta)
+    c, s = torch.cos(theta), torch.sin(theta)
     u, v = c * yy + s * xx, -s * yy + c * xx
-    g = torch.exp(-0.5 * ((u / max(sy, 1e-3)) ** 2 + (v / max(sx, 1e-3)) ** 2))
+    g = torch.exp(-0.5 * ((u / sy) ** 2 + (v / sx) ** 2))
     return g / g.sum()
 
 
@@ -391,10 +397,7 @@ class SpectralModel:
         """
 
         def kernel(p: Tensor, t: Tensor) -> Tensor:
-            c, s = torch.cos(p[2]), torch.sin(p[2])
-            u, v = c * t[:, None] + s * t[None, :], -s * t[:, None] + c * t[None, :]
-            g = torch.exp(-0.5 * ((u / torch.exp(p[0])) ** 2 + (v / torch.exp(p[1])) ** 2))
-            return g / g.sum()
+            return _gaussian_on(t, torch.exp(p[0]), torch.exp(p[1]), p[2])
 
         starts = [[math.log(s0), math.log(0.7 * s0), theta] for s0 in (0.7, 1.5, 3.0, 6.0) for theta in (0.0, 0.8)]
         return self._fit(size, kernel, starts)
