@@ -16,7 +16,7 @@ from .intervals import Calibration, bounds, coverage, prior_id
 from .methods import METHODS, Method
 from .operators.blur import BlindBlur, Blur
 from .operators.embed import crop, embed
-from .priors.base import Prior
+from .priors.base import Prior, parameter_dtype
 from .priors.latent import LatentPrior
 from .samplers.common import accumulation_dtype
 from .samplers.repaint import inpainting_mask
@@ -51,6 +51,8 @@ class Result:
         knobs: every knob the sampler ran with (defaults and overrides).
         dtype: the dtype the sampler computed in, e.g. ``"float32"`` (see ``restore``);
             ``mean``, ``std`` and ``samples`` are in ``y``'s dtype whatever it was.
+        network_dtype: the dtype the prior's network ran in (``"bfloat16"`` for a
+            ``prior.to(torch.bfloat16)``); ``dtype`` for a prior without parameters.
         padded: ``(top, bottom, left, right)`` pixels the image was padded by for the prior
             (sides divisible by ``prior.factor``) and cropped off again; zeros when none.
         sigma_y: the Gaussian measurement-noise std the sampler ran with (data units): the
@@ -75,6 +77,7 @@ class Result:
     steps: int
     knobs: dict[str, Any] = field(default_factory=dict)
     dtype: str = ""
+    network_dtype: str = ""
     padded: tuple[int, int, int, int] = (0, 0, 0, 0)
     sigma_y: float | None = None
     kernel: Tensor | None = None
@@ -107,6 +110,7 @@ class Result:
             "method": self.method,
             "steps": self.steps,
             "dtype": self.dtype,
+            "network_dtype": self.network_dtype,
             "padded": list(self.padded),
             "sigma_y": self.sigma_y,
             "samples": self.samples.shape[0],
@@ -209,17 +213,19 @@ def restore(
             returns calibrated intervals.
         **knobs: the method's own keyword knobs (see ``METHODS[method].knobs``).
 
-    Precision: the sampler computes in one dtype, ``Result.dtype``: the dtype of the prior's
-    floating parameters when it has any (a U-Net in float16 computes in float16, in float32
-    in float32, whatever ``y``'s dtype), and for a prior without parameters (the analytic
-    ``GaussianPrior`` and ``GaussianMixturePrior``, which keep float64 buffers) ``y``'s dtype,
-    except that float16 or bfloat16 ``y`` is computed in float32.  ``y`` is cast to that dtype
-    (operators follow their input's dtype), the noise levels stay float64 and reach the sampler
-    as Python floats, and ``mean``, ``std`` and ``samples`` come back in ``y``'s dtype.  Any mix
-    of float32, float16 and bfloat16 is accepted; float64 on one side only (a float64 prior
-    with float32 ``y`` or the reverse) is refused as a likely mistake.  In half precision the
-    samplers' sums, norms, conjugate gradients and FFTs run in float32 (``samplers.common``,
-    ``operators.fourier``); the rest, the denoiser included, runs in the half dtype.
+    Precision: the sampler's state, sums and solves are in ``Result.dtype``, at least float32:
+    float64 for a float64 prior (or a parameter-free prior such as the analytic
+    ``GaussianPrior`` with float64 ``y``), float32 otherwise, half-precision ``y`` and
+    half-precision priors included.  The network runs in its own dtype,
+    ``Result.network_dtype``: a prior in float16 or bfloat16 (``prior.half()``) gets its
+    input in that dtype and hands its answer back in the sampler's (mixed precision, as
+    EDM's and guided-diffusion's ``use_fp16``: the preconditioning's skip path and the
+    update rules never round the chain to half precision, so a 1000-step chain does not
+    drift).  ``y`` is cast to the sampler's dtype (operators follow their input's dtype),
+    the noise levels stay float64 and reach the sampler as Python floats, and ``mean``,
+    ``std`` and ``samples`` come back in ``y``'s dtype.  Any mix of float32, float16 and
+    bfloat16 is accepted; float64 on one side only (a float64 prior with float32 ``y`` or
+    the reverse) is refused as a likely mistake.
 
     Image size: any.  A prior whose network needs sides divisible by ``prior.factor`` (8 for
     the shipped U-Nets, 16 for ``latent-gray``) gets the problem on an image padded at the
@@ -244,7 +250,9 @@ def restore(
     _check_y(y)
     _check_devices(prior, op, y, generator)
     y_dtype, dtype = y.dtype, _compute_dtype(prior, y)
-    y = _cast_y(y, dtype)
+    net_dtype = parameter_dtype(prior) or dtype
+    _check_range(y, net_dtype)
+    y = y.to(dtype)
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; known methods: {', '.join(METHODS)}")
     m = METHODS[method]
@@ -310,6 +318,7 @@ def restore(
         steps=steps,
         knobs={**valid, **knobs},
         dtype=str(dtype).removeprefix("torch."),
+        network_dtype=str(net_dtype).removeprefix("torch."),
         padded=pad,
         sigma_y=sigma_y if noise is None else None,
         calibration=calibration,
@@ -493,24 +502,23 @@ def _same_device(a: torch.device, b: torch.device) -> bool:
 
 
 def _compute_dtype(prior: Prior, y: Tensor) -> torch.dtype:
-    """The dtype ``restore`` samples in: the prior's floating parameter dtype, else ``y``'s (float32 for half ``y``)."""
+    """The dtype ``restore`` samples in: the prior's parameter dtype, else ``y``'s, widened to float32 from half."""
     place = _placement(prior)
     if place is not None and place[1] is not None:
-        return place[1]
+        return accumulation_dtype(place[1])
     return accumulation_dtype(y.dtype)
 
 
-def _cast_y(y: Tensor, dtype: torch.dtype) -> Tensor:
-    """``y`` in the compute dtype; raises ``ValueError`` if it does not fit that dtype's range."""
-    if y.dtype == dtype:
-        return y
-    out = y.to(dtype)
-    if not torch.isfinite(out).all():
+def _check_range(y: Tensor, net_dtype: torch.dtype) -> None:
+    """``ValueError`` if ``y`` does not fit the range of the dtype the prior's network runs in."""
+    if not y.dtype.is_floating_point or torch.finfo(net_dtype).max >= torch.finfo(y.dtype).max:
+        return
+    if not torch.isfinite(y.to(net_dtype)).all():
         raise ValueError(
-            f"y reaches {y.abs().max().item():.4g}, beyond {dtype}'s largest value {torch.finfo(dtype).max:.4g}, "
-            f"and the prior computes in {dtype}; rescale y or use a float32 prior (prior.float())"
+            f"y reaches {y.abs().max().item():.4g}, beyond {net_dtype}'s largest value "
+            f"{torch.finfo(net_dtype).max:.4g}, and the prior's network runs in {net_dtype}; "
+            "rescale y or use a float32 prior (prior.float())"
         )
-    return out
 
 
 def _check_devices(prior: Prior, op: Operator, y: Tensor, generator: torch.Generator | None) -> None:
@@ -590,5 +598,5 @@ def _restore_blind(
     return Result(
         mean=torch.cat(means), std=torch.cat(stds), samples=torch.cat(draws, dim=1), nfe=nfe,
         seconds=time.perf_counter() - start, method=method, steps=last.steps, knobs=last.knobs, dtype=last.dtype,
-        padded=last.padded, sigma_y=last.sigma_y, kernel=torch.stack(kernels), kernel_choice=choices,
+        network_dtype=last.network_dtype, padded=last.padded, sigma_y=last.sigma_y, kernel=torch.stack(kernels), kernel_choice=choices,
     )

@@ -42,6 +42,31 @@ def as_sigma(sigma: float | Tensor, x: Tensor) -> Tensor:
     return s.reshape(-1, *([1] * (x.dim() - 1)))
 
 
+def parameter_dtype(module: object) -> torch.dtype | None:
+    """The narrowest floating dtype among ``module``'s parameters; None for a parameter-free one.
+
+    A network in float16 or bfloat16 answers its half dtype even where some layers stay in
+    float32 (guided-diffusion's mixed precision keeps norms and embeddings there).
+    """
+    if not isinstance(module, nn.Module):
+        return None
+    dtypes = {p.dtype for p in module.parameters() if p.is_floating_point()}
+    if not dtypes:
+        return None
+    return min(dtypes, key=lambda d: torch.finfo(d).bits)
+
+
+def to_network(x: Tensor, module: object) -> Tensor:
+    """``x`` in ``module``'s parameter dtype (unchanged for a parameter-free module).
+
+    Networks run in their own dtype; the samplers' state stays in at least float32, so
+    a prior casts what it hands its network and casts the answer back (EDM's and
+    guided-diffusion's mixed precision).
+    """
+    dtype = parameter_dtype(module)
+    return x if dtype is None or dtype == x.dtype else x.to(dtype)
+
+
 class Prior(nn.Module):
     """A diffusion prior answering ``denoise(x, sigma) ~ E[x0 | x0 + sigma n = x]``.
 

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import Prior, as_sigma, karras_sigmas
+from .base import Prior, as_sigma, karras_sigmas, to_network
 from .trained import EDMPrecond, read_folder, write_folder
 from .unet import UNet, UNetConfig, _norm
 
@@ -309,13 +309,16 @@ class LatentPrior(Prior):
     def encode(self, x: Tensor) -> Tensor:
         """Images ``(B, C, H, W)`` -> scaled latents ``(B, c, H / f, W / f)``."""
         self.latent_shape(tuple(x.shape))
-        return (self.autoencoder.encode(x) - self.shift_factor) * self.scale_factor
+        # the autoencoder in its own dtype, the latents in x's
+        z = self.autoencoder.encode(to_network(x, self.autoencoder)).to(x.dtype)
+        return (z - self.shift_factor) * self.scale_factor
 
     def decode(self, z: Tensor) -> Tensor:
         """Scaled latents ``(B, c, h, w)`` -> images ``(B, C, f h, f w)``."""
         if z.dim() != 4 or z.shape[1] != self.latent_channels:
             raise ValueError(f"latents have shape {tuple(z.shape)} but this prior's are (B, {self.latent_channels}, h, w)")
-        return self.autoencoder.decode(z / self.scale_factor + self.shift_factor)
+        u = z / self.scale_factor + self.shift_factor
+        return self.autoencoder.decode(to_network(u, self.autoencoder)).to(z.dtype)
 
     def denoise(self, z: Tensor, sigma: float | Tensor) -> Tensor:
         """``z``: ``(B, c, h, w)`` = ``z0 + sigma n`` (latent space), ``sigma``: float or ``(B,)`` -> ``z0_hat``."""

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from .adm import ADM_PRESETS, adm_options, adm_state_dict_shapes, adm_unet
-from .base import Prior, as_sigma
+from .base import Prior, as_sigma, to_network
 from .latent import LatentPrior, ModelUnits
 
 __all__ = [
@@ -185,7 +185,8 @@ class DiscreteDDPMPrior(Prior):
         # timesteps from the float64 sigma, handed over in at least float32 (float16 cannot tell 999 from 999.25)
         sigma64 = torch.as_tensor(sigma, dtype=torch.float64, device=x.device).reshape(-1).expand(x.shape[0])
         t = self.sigma_to_t(2 * sigma64).to(torch.promote_types(x.dtype, torch.float32))
-        out = self.model_fn(x_t, t).to(x.dtype)
+        # the network in its own dtype, the eps / x0 / v conversion in x's
+        out = self.model_fn(to_network(x_t, self.model_fn), t).to(x.dtype)
         c = self.channels
         if out.shape[1] != (2 * c if self.learned_sigma else c) or out.shape[2:] != x.shape[2:]:
             raise ValueError(
@@ -228,7 +229,8 @@ class DeepinvDenoiserPrior(Prior):
         """``x``: ``(B, C, H, W)``, ``sigma``: float or ``(B,)`` -> ``x0_hat`` ``(B, C, H, W)``."""
         if self.channels is not None and (x.dim() != 4 or x.shape[1] != self.channels):
             raise ValueError(f"x has shape {tuple(x.shape)} but this prior expects (B, {self.channels}, H, W)")
-        return self.denoiser(x, as_sigma(sigma, x).reshape(-1))
+        sigma_b = as_sigma(sigma, x).reshape(-1)
+        return self.denoiser(to_network(x, self.denoiser), to_network(sigma_b, self.denoiser)).to(x.dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -345,7 +347,35 @@ class _ADMNet(nn.Module):
         self.net = net
 
     def forward(self, x_t: Tensor, t: Tensor) -> Tensor:
-        return self.net.forward_diffusion(x_t, t)
+        # x_t in the output layer's dtype: float32 under mixed precision, where DiffUNet casts
+        # to its blocks' dtype (net.dtype) and back itself
+        return self.net.forward_diffusion(x_t.to(self.net.out[-1].weight.dtype), t)
+
+    def _apply(self, fn, recurse=True):
+        """``.half()`` / ``.to(torch.bfloat16)`` as guided-diffusion's ``use_fp16``.
+
+        Only the convolutions of the input, middle and output blocks take the half dtype;
+        the timestep embedding, the norms, the linear layers and the output block stay in
+        float32 (``convert_to_fp16``), which a plain ``.half()`` would break: the float32
+        timestep embedding meets a half ``time_embed``.
+        """
+        super()._apply(fn, recurse)
+        net = self.net
+        dtype = net.input_blocks[0][0].weight.dtype
+        if dtype in (torch.float16, torch.bfloat16):
+            convs = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+            half = {id(m) for part in (net.input_blocks, net.middle_block, net.output_blocks)
+                    for m in part.modules() if isinstance(m, convs)}  # fmt: skip
+            for m in net.modules():
+                if id(m) in half:
+                    continue
+                for name, p in m.named_parameters(recurse=False):
+                    p.data = p.data.float()
+                for name, b in m.named_buffers(recurse=False):
+                    if b.is_floating_point():
+                        m._buffers[name] = b.float()
+        net.dtype = dtype  # what forward_diffusion casts the blocks' input to
+        return self
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .base import Prior, as_sigma, karras_sigmas
+from .base import Prior, as_sigma, karras_sigmas, to_network
 from .unet import UNet, UNetConfig
 
 
@@ -40,9 +40,14 @@ class EDMPrecond(torch.nn.Module):
         return c_skip, c_out, c_in, c_noise
 
     def forward(self, x_m: Tensor, sigma_m: Tensor) -> Tensor:
-        """``x_m``: ``(B, C, H, W)`` noisy in [-1, 1] units; ``sigma_m``: ``(B, 1, 1, 1)``."""
+        """``x_m``: ``(B, C, H, W)`` noisy in [-1, 1] units; ``sigma_m``: ``(B, 1, 1, 1)``.
+
+        Only ``F`` runs in the network's dtype: the skip path ``c_skip x_m`` and the output
+        stay in ``x_m``'s, so a half-precision network does not round the sampler's state
+        (as EDM's reference does with ``use_fp16``).
+        """
         c_skip, c_out, c_in, c_noise = self.coefficients(sigma_m)
-        f = self.net(c_in * x_m, c_noise.reshape(-1))
+        f = self.net(to_network(c_in * x_m, self.net), c_noise.reshape(-1))
         return c_skip * x_m + c_out * f.to(x_m.dtype)
 
 

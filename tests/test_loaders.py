@@ -12,6 +12,7 @@ from invdiff.priors.loaders import (
     DeepinvDenoiserPrior,
     DiscreteDDPMPrior,
     ddpm_alphas_cumprod,
+    load_adm,
     load_checkpoint,
     load_state_dict,
 )
@@ -171,6 +172,39 @@ def test_adm_checkpoint_round_trip(tmp_path, suffix):
         want = by_hand(net.forward_diffusion, x, abar[k], k, "eps", 3)
     assert (want - x).abs().max() > 0.1  # the network does change the image
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_adm_half_is_guided_diffusions_mixed_precision(dtype):
+    from invdiff import restore
+    from invdiff.operators import Downsampling
+
+    net = randomise(adm_unet(**TINY_ADM))
+    prior = load_adm(net.state_dict(), **TINY_ADM)
+    x = torch.rand(2, 3, 16, 16, generator=gen(3))
+    want = prior.denoise(x, 0.3)
+    half = load_adm(net.state_dict(), **TINY_ADM).to(dtype)
+    # the same layout as DiffUNet.convert_to_fp16 (guided-diffusion's use_fp16): the blocks' convolutions
+    # in half, the timestep embedding, norms, linear layers and output block in float32
+    ref = randomise(adm_unet(**TINY_ADM))
+    ref.convert_to_fp16()
+    got = {k: v.dtype for k, v in half.model_fn.net.state_dict().items()}
+    assert got == {k: dtype if v.dtype == torch.float16 else v.dtype for k, v in ref.state_dict().items()}
+    assert half.model_fn.net.dtype == dtype
+    out = half.denoise(x, 0.3)
+    assert out.dtype == torch.float32  # answered in x's dtype
+    # the network's own rounding only: float16 keeps 11 bits, bfloat16 8
+    err = (out - want).abs().max().item()
+    assert 0 < err < (3e-3 if dtype == torch.float16 else 2.5e-2)  # seen 0.00097 and 0.0081
+    assert half.denoise(x.to(dtype), 0.3).dtype == dtype
+    # .float() undoes it
+    assert {v.dtype for v in half.float().model_fn.net.state_dict().values()} == {torch.float32}
+    # restore: the chain in float32, the network in half
+    back = load_adm(net.state_dict(), **TINY_ADM).to(dtype)
+    op = Downsampling(2)
+    r = restore(op(x[:1]), op, back, method="ddrm", steps=3, sigma_y=0.05, samples=2)
+    assert r.dtype == "float32" and r.network_dtype == str(dtype).removeprefix("torch.")
+    assert torch.isfinite(r.samples).all()
 
 
 def test_adm_wrong_options_say_what_does_not_fit(tmp_path):

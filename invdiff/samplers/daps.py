@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from .common import ancestral_step, check_sigma_y, check_sigmas, emit, initial_x, linearize, randn
+from .common import accumulation_dtype, ancestral_step, check_sigma_y, check_sigmas, emit, initial_x, linearize, randn
 
 if TYPE_CHECKING:
     from ..operators import Operator
@@ -109,6 +109,7 @@ def daps(
     x_shape = op.x_shape(y)
     steps = len(s) - 1
     data_grad = _data_grad(op, y, sigma_y, noise, tau)
+    acc = accumulation_dtype(y.dtype)
 
     # The reference's x_T = sigma_max n on [-1, 1] (EDM, VE): centred on the data's middle.
     x = initial_x(prior, x_shape, s[0], generator, like=y, vp=False)
@@ -121,8 +122,9 @@ def daps(
         eta = min(lr * (1.0 - (1.0 - lr_min_ratio) * i / (steps + 1)), sigma**2)
         x0 = x0_hat
         for _ in range(langevin_steps):
-            score = (x0_hat - x0) / sigma**2 - data_grad(x0)
-            x0 = x0 + eta * score + (2 * eta) ** 0.5 * randn(x_shape, generator, like=y)
+            # In at least float32: 1 / sigma^2 and 1 / s^2 pass float16's 65504 below about 0.004.
+            score = (x0_hat - x0).to(acc) / sigma**2 - data_grad(x0)
+            x0 = (x0 + eta * score).to(y.dtype) + (2 * eta) ** 0.5 * randn(x_shape, generator, like=y)
         # 3. Forward diffusion to the next level.
         x = x0 + sigma_next * randn(x_shape, generator, like=y) if sigma_next > 0 else x0
         emit(callback, i, sigma, sigma_next, x, x0_hat)
@@ -151,6 +153,8 @@ def _data_grad(op: Operator, y: Tensor, sigma_y: float, noise: Any | None, tau: 
 
         if isinstance(noise, Gaussian):
             sigma_y, noise = float(noise.sigma), None
+    acc = accumulation_dtype(y.dtype)
+    y = y.to(acc)
     if noise is None:
         s2 = max(sigma_y, tau) ** 2
 
@@ -162,7 +166,8 @@ def _data_grad(op: Operator, y: Tensor, sigma_y: float, noise: Any | None, tau: 
             return noise.grad(y, ax)
 
     def grad(x0: Tensor) -> Tensor:
-        ax, vjp = linearize(op, x0)
+        """In at least float32 (``acc``): the residual over s^2 overflows float16 for s below about 0.004."""
+        ax, vjp = linearize(op, x0.to(acc))
         return vjp(grad_ax(ax))
 
     return grad
