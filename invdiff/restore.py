@@ -62,7 +62,7 @@ class Result:
             non-negative, summing to 1); ``None`` for every other operator.
         kernel_choice: for ``op=BlindBlur(...)``, which candidate each image's kernel is
             (``"gaussian"``, ``"line"``, ``"classical"`` or one of its variants
-            ``"classical-lam"``, ``"classical-iters"``, ``"classical-gamma"``, ``"em1"``... or ``"init"``; see
+            ``"classical-iters"``, ``"classical-gamma"``, ``"em1"``... or ``"init"``; see
             ``invdiff.blind.estimate_blind``); ``None`` for every other operator.
         calibration: the :class:`~invdiff.intervals.Calibration` ``restore`` was given, which
             :meth:`interval` then applies; ``None`` for raw sample intervals.

@@ -22,6 +22,7 @@ from invdiff.blind import (
     gaussian_family,
     methods_for_blind,
     periodic_component,
+    salient_edges,
     snap,
 )
 from invdiff.operators import BlindBlur, Blur, gaussian_kernel, motion_kernel
@@ -149,6 +150,18 @@ def test_estimate_blind_returns_the_candidate_of_least_score():
     assert abs(only[0][2] - model.nll(init) - model.penalty(int((init > 0).sum()) - 1)) < 1e-9
     _, with_em, _ = estimate_blind(y, BlindBlur(15, init=init, em_iters=1), run, 0.01)
     assert [c[0] for c in with_em] == ["init", "em1"]
+
+
+def test_salient_edges_keep_a_lone_edge_and_drop_thin_stripes():
+    y = torch.zeros(1, 40, 80)
+    y[:, :, 20:40] = 1.0  # a wide bar: two lone edges
+    y[:, :, 50:] = (torch.arange(30) % 2).float()  # one-pixel stripes: gradients that cancel
+    m = salient_edges(y)
+    assert m.shape == y.shape and set(m.unique().tolist()) <= {0.0, 1.0}
+    assert m[0, 20, 19] == 1 and m[0, 20, 39] == 1  # along the bar's edges
+    assert m[0, 5:35, 55:75].sum() == 0  # inside the stripes
+    assert m[0, 5:35, 25:35].sum() == 0  # flat: no gradient, r = 0
+    assert salient_edges(y.expand(3, -1, -1)).shape == (3, 40, 80)
 
 
 def test_kernel_helpers():
