@@ -133,6 +133,11 @@ class _CountingPrior(Prior):
 
     def denoise(self, x: Tensor, sigma: float | Tensor) -> Tensor:
         self.calls += 1
+        if not getattr(self.prior, "casts_input", False):
+            # a prior that does not cast for its network computes all of denoise in its dtype
+            dtype = parameter_dtype(self.prior)
+            if dtype is not None and dtype != x.dtype:
+                return self.prior.denoise(x.to(dtype), sigma).to(x.dtype)
         return self.prior.denoise(x, sigma)
 
     def sigmas(self, steps: int, sigma_max: float | None = None) -> Tensor:

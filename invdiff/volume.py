@@ -84,6 +84,7 @@ def restore_batch(
         steps=first.steps,
         knobs=first.knobs,
         dtype=first.dtype,
+        network_dtype=first.network_dtype,
         padded=first.padded,
         sigma_y=max((p.sigma_y for p in parts if p.sigma_y is not None), default=None),
         calibration=first.calibration,

@@ -76,12 +76,18 @@ class Prior(nn.Module):
         shipped: the shipped name this prior was loaded by (``load_prior("natural-gray")``),
             None for any other prior; the methods' default schedule starts were chosen on the
             shipped priors and apply to them only.
+        casts_input: True when ``denoise`` hands its network inputs in the network's dtype
+            (``to_network``) and answers in ``x``'s, as every wrapper here does: a half-precision
+            network then computes only what it must in half.  ``restore`` runs the chain in at
+            least float32 and, for a prior with half-precision parameters that does not say
+            it casts, casts ``x`` to that dtype for the whole ``denoise`` and the answer back.
     """
 
     sigma_min: float = 0.002
     sigma_max: float = 80.0
     data_range: tuple[float, float] = (0.0, 1.0)
     shipped: str | None = None
+    casts_input: bool = False
 
     def denoise(self, x: Tensor, sigma: float | Tensor) -> Tensor:  # pragma: no cover - abstract
         """``x``: ``(B, C, H, W)``, ``sigma``: float or ``(B,)`` -> ``x0_hat`` like ``x``."""

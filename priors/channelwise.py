@@ -60,6 +60,10 @@ class ChannelwisePrior(Prior):
         return int(getattr(self.prior, "factor", 1))
 
     @property
+    def casts_input(self) -> bool:  # type: ignore[override]
+        return bool(getattr(self.prior, "casts_input", False))
+
+    @property
     def shipped(self) -> str | None:  # type: ignore[override]
         """The inner prior's shipped name: the methods' starts chosen for it apply here too."""
         return getattr(self.prior, "shipped", None)

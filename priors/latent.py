@@ -174,6 +174,8 @@ class LatentUNetPrior(Prior):
         state_dict: weights of the :class:`~.trained.EDMPrecond` (optional).
     """
 
+    casts_input = True  # EDMPrecond hands only F's input to the network's dtype
+
     def __init__(
         self, unet: UNetConfig | dict, *, sigma_data: float = 1.0, sigma_min: float = 0.002,
         sigma_max: float = 80.0, rho: float = 7.0, state_dict: dict[str, Tensor] | None = None,
@@ -229,6 +231,10 @@ class ModelUnits(Prior):
         self.data_range = (-math.inf, math.inf)
         self.channels = getattr(prior, "channels", None)
 
+    @property
+    def casts_input(self) -> bool:  # type: ignore[override]
+        return bool(getattr(self.prior, "casts_input", False))
+
     def denoise(self, u: Tensor, sigma: float | Tensor) -> Tensor:
         """``u``: ``(B, c, h, w)``, ``sigma``: float or ``(B,)`` -> ``u0_hat`` ``(B, c, h, w)``."""
         s = sigma / 2 if not isinstance(sigma, Tensor) else sigma.to(u.dtype) / 2
@@ -277,6 +283,11 @@ class LatentPrior(Prior):
         self.sigma_min, self.sigma_max = latent_prior.sigma_min, latent_prior.sigma_max
         self.config = dict(config or {})
         self.eval().requires_grad_(False)
+
+    @property
+    def casts_input(self) -> bool:  # type: ignore[override]
+        """The latent denoiser's (``encode`` and ``decode`` cast for the autoencoder themselves)."""
+        return bool(getattr(self.latent_prior, "casts_input", False))
 
     @property
     def channels(self) -> int:

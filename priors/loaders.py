@@ -95,6 +95,8 @@ class DiscreteDDPMPrior(Prior):
         image_size: the training resolution, if known (informative only).
     """
 
+    casts_input = True  # the network gets x_t in its dtype, the conversion stays in x's
+
     def __init__(
         self,
         model_fn: Callable[[Tensor, Tensor], Tensor],
@@ -211,6 +213,8 @@ class DeepinvDenoiserPrior(Prior):
     ``x``: ``(B, C, H, W)`` and ``sigma`` as a ``(B,)`` tensor straight through.
     ``sigma_max`` / ``sigma_min`` state the range it was trained on (data units).
     """
+
+    casts_input = True
 
     def __init__(
         self, denoiser: nn.Module, *, sigma_max: float, sigma_min: float = 1e-3, channels: int | None = None
@@ -355,26 +359,28 @@ class _ADMNet(nn.Module):
         """``.half()`` / ``.to(torch.bfloat16)`` as guided-diffusion's ``use_fp16``.
 
         Only the convolutions of the input, middle and output blocks take the half dtype;
-        the timestep embedding, the norms, the linear layers and the output block stay in
-        float32 (``convert_to_fp16``), which a plain ``.half()`` would break: the float32
-        timestep embedding meets a half ``time_embed``.
+        the timestep embedding, the norms, the linear layers and the output block keep
+        their float32 values (``convert_to_fp16``; they are moved, never rounded), which a
+        plain ``.half()`` would break: the float32 timestep embedding meets a half
+        ``time_embed``.  Any other conversion (a device, float32, float64) applies to all.
         """
-        super()._apply(fn, recurse)
         net = self.net
-        dtype = net.input_blocks[0][0].weight.dtype
-        if dtype in (torch.float16, torch.bfloat16):
+        first = net.input_blocks[0][0].weight
+        target = fn(torch.zeros((1, 1, 1, 1), dtype=torch.float32, device=first.device))
+        if target.dtype not in (torch.float16, torch.bfloat16):
+            super()._apply(fn, recurse)
+        else:
             convs = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
             half = {id(m) for part in (net.input_blocks, net.middle_block, net.output_blocks)
                     for m in part.modules() if isinstance(m, convs)}  # fmt: skip
+            device = target.device
+
+            def move(t: torch.Tensor) -> torch.Tensor:
+                return t.to(device)
+
             for m in net.modules():
-                if id(m) in half:
-                    continue
-                for name, p in m.named_parameters(recurse=False):
-                    p.data = p.data.float()
-                for name, b in m.named_buffers(recurse=False):
-                    if b.is_floating_point():
-                        m._buffers[name] = b.float()
-        net.dtype = dtype  # what forward_diffusion casts the blocks' input to
+                m._apply(fn if id(m) in half else move, recurse=False)
+        net.dtype = net.input_blocks[0][0].weight.dtype  # what forward_diffusion casts the blocks' input to
         return self
 
 

@@ -60,6 +60,8 @@ class UNetPrior(Prior):
         state_dict: weights for :class:`EDMPrecond` (optional).
     """
 
+    casts_input = True  # EDMPrecond hands only F's input to the network's dtype
+
     def __init__(self, config: dict, state_dict: dict[str, Tensor] | None = None):
         super().__init__()
         self.config = dict(config)

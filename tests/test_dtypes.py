@@ -280,6 +280,8 @@ class HalfParamPrior(Prior):
     hands its answer back in the input's dtype.
     """
 
+    casts_input = True
+
     def __init__(self, inner: GaussianPrior, dtype: torch.dtype) -> None:
         super().__init__()
         self.inner = inner
@@ -330,6 +332,28 @@ def tiny_unet(dtype: torch.dtype = F32) -> UNetPrior:
         for p in prior.parameters():
             p.add_(0.05 * torch.randn(p.shape, generator=g))
     return prior.to(dtype)
+
+
+class PlainHalfPrior(HalfParamPrior):
+    """A user's half-precision prior that does not cast: its network (a 1x1 convolution) takes only its dtype."""
+
+    casts_input = False
+
+    def denoise(self, x, sigma):
+        w = self.unit.reshape(1, 1, 1, 1).expand(x.shape[1], 1, 1, 1)
+        return torch.nn.functional.conv2d(self.inner.denoise(x, sigma), w, groups=x.shape[1])
+
+
+@pytest.mark.parametrize("dtype", HALF, ids=NAME.get)
+def test_a_half_prior_that_does_not_cast_gets_its_dtype_from_restore(dtype):
+    _, analytic, y = problem("blur")
+    prior = PlainHalfPrior(analytic, dtype)
+    assert not prior.casts_input and HalfParamPrior.casts_input
+    with pytest.raises(RuntimeError):
+        prior.denoise(y, 0.5)  # float32 into its half convolution
+    r = run("ddrm", "blur", y.to(dtype), prior)
+    assert r.dtype == "float32" and r.network_dtype == NAME[dtype] and torch.isfinite(r.samples).all()
+    assert max_err(r.mean, reference("ddrm", "blur", dtype)) < HALF_TOL[dtype]
 
 
 # -- 1000 levels: the schedule stays float64, the chain float32 ------------------------------------------

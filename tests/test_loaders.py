@@ -191,6 +191,13 @@ def test_adm_half_is_guided_diffusions_mixed_precision(dtype):
     got = {k: v.dtype for k, v in half.model_fn.net.state_dict().items()}
     assert got == {k: dtype if v.dtype == torch.float16 else v.dtype for k, v in ref.state_dict().items()}
     assert half.model_fn.net.dtype == dtype
+    # the float32 layers keep their values (moved, never rounded through half); the convolutions are rounded
+    for key, value in half.model_fn.net.state_dict().items():
+        original = net.state_dict()[key]
+        if value.dtype == torch.float32:
+            assert torch.equal(value, original), key
+        else:
+            assert torch.equal(value, original.to(dtype)), key
     out = half.denoise(x, 0.3)
     assert out.dtype == torch.float32  # answered in x's dtype
     # the network's own rounding only: float16 keeps 11 bits, bfloat16 8
