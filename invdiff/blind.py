@@ -573,10 +573,10 @@ def check_blind_method(method: str) -> None:
 
 
 #: the classical starts tried, as ``(label, classical_kernel keywords)``.  The L0 estimate is fragile
-#: (on the blind benchmark's eight camera-shake cases its kernel NCC moved by up to 0.15 between
-#: settings, none best everywhere); each is a candidate, and the marginal likelihood picks.  With
-#: these three, the pick's mean NCC on those cases was 0.79, against 0.77 for the default setting
-#: alone (0.68 before ``salient_edges``); six settings (also lam 0.016, edge 0.3, 0.5) gave 0.78.
+#: (on the blind benchmark's eight camera-shake cases single cases moved by up to 0.15 in kernel NCC
+#: between settings, none best everywhere); each is a candidate, and the marginal likelihood picks.
+#: The pick's mean NCC on those cases was 0.76, against 0.75 for the default setting alone; it
+#: rescues single cases (0.65 -> 0.72) more than the mean.
 CLASSICAL_VARIANTS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("classical", {}),
     ("classical-iters", {"iters": 10}),
