@@ -492,10 +492,9 @@ def salient_edges(y: Tensor, threshold: float = 0.4, window: int = 5) -> Tensor:
     """
     if window < 1 or window % 2 == 0:
         raise ValueError(f"window must be an odd number of pixels, got {window}")
-    gray = y.double().mean(0, keepdim=True)
-    # entry i: the difference between pixels i and i + 1 (zero past the last)
-    gy = F.pad(gray[:, 1:, :] - gray[:, :-1, :], (0, 0, 0, 1))
-    gx = F.pad(gray[:, :, 1:] - gray[:, :, :-1], (0, 1, 0, 0))
+    rows, cols = _gradients(y.double().mean(0, keepdim=True))
+    # entry i: the difference between pixels i and i + 1 (zero past the last), as in estimate_kernel
+    gy, gx = F.pad(rows, (0, 0, 0, 1)), F.pad(cols, (0, 1, 0, 0))
 
     def total(t: Tensor) -> Tensor:  # the window's sum, zero outside the image
         return F.avg_pool2d(t[None], window, 1, window // 2, count_include_pad=True)[0] * window**2
@@ -617,7 +616,7 @@ def estimate_blind(
 
     if blind.kernel_init is not None:
         k = blind.kernel_init.float().cpu()
-        add("init", k, max(int((k > 0).sum()) - 1, 0))  # charged as a free-form kernel, like the rounds
+        add("init", k, _free_form_dof(k))  # charged as a free-form kernel, like the rounds
     else:
         for label, fit in (("gaussian", model.fit_gaussian), ("line", model.fit_line)):
             add(label, fit(size)[0], PARAMETRIC_DOF)
@@ -657,5 +656,10 @@ def _snap(k: Tensor, threshold: float = SNAP_NCC) -> tuple[Tensor, int]:
     """``snap(k)`` and its free parameters: ``PARAMETRIC_DOF`` for a fit, else the nonzero pixels less one."""
     g, ncc = fit_gaussian(k)
     if ncc < threshold:
-        return k, max(int((k > 0).sum()) - 1, 0)
+        return k, _free_form_dof(k)
     return centre_kernel(truncate_kernel(g)), PARAMETRIC_DOF
+
+
+def _free_form_dof(k: Tensor) -> int:
+    """A free-form kernel's free parameters: its nonzero pixels, less one for the unit sum."""
+    return max(int((k > 0).sum()) - 1, 0)

@@ -16,7 +16,7 @@ from .intervals import Calibration, bounds, coverage, prior_id
 from .methods import METHODS, Method
 from .operators.blur import BlindBlur, Blur
 from .operators.embed import crop, embed
-from .priors.base import Prior, parameter_dtype
+from .priors.base import Prior, parameter_dtype, to_network
 from .priors.latent import LatentPrior
 from .samplers.common import accumulation_dtype
 from .samplers.repaint import inpainting_mask
@@ -135,9 +135,7 @@ class _CountingPrior(Prior):
         self.calls += 1
         if not getattr(self.prior, "casts_input", False):
             # a prior that does not cast for its network computes all of denoise in its dtype
-            dtype = parameter_dtype(self.prior)
-            if dtype is not None and dtype != x.dtype:
-                return self.prior.denoise(x.to(dtype), sigma).to(x.dtype)
+            return self.prior.denoise(to_network(x, self.prior), sigma).to(x.dtype)
         return self.prior.denoise(x, sigma)
 
     def sigmas(self, steps: int, sigma_max: float | None = None) -> Tensor:
@@ -255,8 +253,10 @@ def restore(
     # Validate everything before any sampling.
     _check_y(y)
     _check_devices(prior, op, y, generator)
-    y_dtype, dtype = y.dtype, _compute_dtype(prior, y)
-    net_dtype = parameter_dtype(prior) or dtype
+    # The chain in at least float32; the network in its parameters' dtype (the chain's without any).
+    y_dtype, net_dtype = y.dtype, parameter_dtype(prior)
+    dtype = accumulation_dtype(net_dtype or y.dtype)
+    net_dtype = net_dtype or dtype
     _check_range(y, net_dtype)
     y = y.to(dtype)
     if method not in METHODS:
@@ -507,14 +507,6 @@ def _same_device(a: torch.device, b: torch.device) -> bool:
     return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
 
 
-def _compute_dtype(prior: Prior, y: Tensor) -> torch.dtype:
-    """The dtype ``restore`` samples in: the prior's parameter dtype, else ``y``'s, widened to float32 from half."""
-    place = _placement(prior)
-    if place is not None and place[1] is not None:
-        return accumulation_dtype(place[1])
-    return accumulation_dtype(y.dtype)
-
-
 def _check_range(y: Tensor, net_dtype: torch.dtype) -> None:
     """``ValueError`` if ``y`` does not fit the range of the dtype the prior's network runs in."""
     if not y.dtype.is_floating_point or torch.finfo(net_dtype).max >= torch.finfo(y.dtype).max:
@@ -604,5 +596,6 @@ def _restore_blind(
     return Result(
         mean=torch.cat(means), std=torch.cat(stds), samples=torch.cat(draws, dim=1), nfe=nfe,
         seconds=time.perf_counter() - start, method=method, steps=last.steps, knobs=last.knobs, dtype=last.dtype,
-        network_dtype=last.network_dtype, padded=last.padded, sigma_y=last.sigma_y, kernel=torch.stack(kernels), kernel_choice=choices,
+        network_dtype=last.network_dtype, padded=last.padded, sigma_y=last.sigma_y, kernel=torch.stack(kernels),
+        kernel_choice=choices,
     )
