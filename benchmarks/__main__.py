@@ -5,6 +5,7 @@
 [--budget-minutes 90]``,
 ``python -m benchmarks latent [--quick | --full] [--device cpu] [--steps 100] [--zeta-scale 10]``,
 ``python -m benchmarks schedule [--quick | --full]`` (where each sampler's schedule should start),
+``python -m benchmarks dataweight [--quick | --full]`` (DiffPIR's data weight against steps and noise),
 ``python -m benchmarks parity [--quick | --full]`` (DDRM and DPS against deepinv's on the same problems),
 ``python -m benchmarks priors [--quick | --full] [--images all] [--methods ddrm,pigdm] [--samples 8]
 [--steps dps=1000] [--out priors]`` (each shipped prior's margins over the classical baselines),
@@ -95,6 +96,9 @@ def parser() -> argparse.ArgumentParser:
     sch = sub.add_parser("schedule", help="each sampler's PSNR against the first noise level, on validation images")
     _mode(sch, "2 validation crops, 4 tasks, one sample", "4 validation crops, 4 tasks, the mean of 4 samples")
     sch.add_argument("--seed", type=int, default=0, help="seed of the noise and the samplers (default 0)")
+    dw = sub.add_parser("dataweight", help="DiffPIR's PSNR against its data weight lambda, steps and noise, on validation images")
+    _mode(dw, "3 validation crops, 2 noise levels", "5 validation crops, 3 noise levels")
+    dw.add_argument("--seed", type=int, default=0, help="seed of the noise and the samplers (default 0)")
     par = sub.add_parser("parity", help="DDRM and DPS against deepinv's on the same prior, operator and levels")
     _mode(par, "camera 128x128, 8 DDRM samples, DPS at 100 steps", "camera 256x256, 16 DDRM samples, DPS at 1000 steps")
     par.add_argument("--seed", type=int, default=0, help="seed of the measurement and the samplers (default 0)")
@@ -176,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         except (ValueError, FileNotFoundError) as e:
             raise SystemExit(f"error: {e}") from None
     elif args.benchmark == "all":
-        for name in ("noise_level", "posterior", "schedule", "parity", "ct", "mri", "images", "priors", "latent", "realinput", "realtime", "blind", "calibration"):  # every suite, cheapest first; add new ones here
+        for name in ("noise_level", "posterior", "schedule", "dataweight", "parity", "ct", "mri", "images", "priors", "latent", "realinput", "realtime", "blind", "calibration"):  # every suite, cheapest first; add new ones here
             main([name, f"--{args.mode}", "--device", args.device])
     elif args.benchmark == "latent":
         from . import latent
@@ -211,7 +215,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             realtime.run(args.mode, device=args.device)
         except (ValueError, RuntimeError) as e:
             raise SystemExit(f"error: {e}") from None
-    elif args.benchmark in ("schedule", "parity", "blind", "calibration"):
+    elif args.benchmark in ("schedule", "dataweight", "parity", "blind", "calibration"):
         import importlib
 
         importlib.import_module(f".{args.benchmark}", __package__).run(args.mode, device=args.device, seed=args.seed)

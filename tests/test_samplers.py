@@ -322,7 +322,8 @@ def test_diffpir_is_the_reference_algorithm(op_kind):
         prior, _, y = problem(op, shape=shape, batch=2, sigma_y=sigma_y, prior=wide)
         lam, zeta = 7.0, 0.3
         out, x_T = capture_x_T(
-            diffpir, prior, op, y, torch.tensor(LEVELS, dtype=F64), sigma_y=sigma_y, cg_iters=200, generator=gen(2)
+            diffpir, prior, op, y, torch.tensor(LEVELS, dtype=F64), sigma_y=sigma_y, lambda_=lam, cg_iters=200,
+            generator=gen(2),
         )
         A = dense_matrix(op, shape)
         # Start (the reference's inpainting / deblurring scripts): y on [-1, 1] as an image, noised from its own
@@ -360,6 +361,30 @@ def test_diffpir_is_the_reference_algorithm(op_kind):
         torch.testing.assert_close(out, (xt + 1) / 2, rtol=0, atol=1e-8 if op_kind == "svd" else 1e-5)
     assert clipped > 0  # the clipping path was exercised
     assert SIGMA_Y_FLOOR == 0.001
+
+
+def test_diffpir_default_lambda_rises_for_a_blur_in_few_steps():
+    from invdiff.samplers.diffpir import REFERENCE_LAMBDA, default_lambda
+
+    blur = Blur(gaussian_kernel(0.8, 3, dtype=F64), padding="reflect")
+    assert default_lambda(100, blur) == default_lambda(250, blur) == REFERENCE_LAMBDA == 7.0
+    assert default_lambda(20, blur) == 35.0 and default_lambda(50, blur) == 14.0
+    assert default_lambda(20, Downsampling(2)) == default_lambda(20) == 7.0  # inpainting, SR: the reference's
+    shape = (1, 4, 4)
+    levels = torch.tensor(LEVELS, dtype=F64)
+    for op, lam in ((blur, 7.0 * 100 / (len(LEVELS) - 1)), (Downsampling(2), 7.0)):
+        prior, _, y = problem(op, shape=shape, batch=2, sigma_y=0.05)
+        default = diffpir(prior, op, y, levels, sigma_y=0.05, cg_iters=50, generator=gen(2))
+        given = diffpir(prior, op, y, levels, sigma_y=0.05, lambda_=lam, cg_iters=50, generator=gen(2))
+        other = diffpir(prior, op, y, levels, sigma_y=0.05, lambda_=lam * 2, cg_iters=50, generator=gen(2))
+        torch.testing.assert_close(default, given, rtol=0, atol=0)
+        assert not torch.allclose(default, other)
+    # restore records the weight it ran with
+    from invdiff import restore
+
+    prior, _, y = problem(blur, shape=shape, batch=1, sigma_y=0.05)
+    assert restore(y, blur, prior, method="diffpir", steps=4, sigma_y=0.05).knobs["lambda_"] == 175.0
+    assert restore(y, blur, prior, method="diffpir", steps=4, sigma_y=0.05, lambda_=3.0).knobs["lambda_"] == 3.0
 
 
 def _ref_spectral(y, op, sigma_y):
