@@ -97,7 +97,7 @@ def parser() -> argparse.ArgumentParser:
     _mode(sch, "2 validation crops, 4 tasks, one sample", "4 validation crops, 4 tasks, the mean of 4 samples")
     sch.add_argument("--seed", type=int, default=0, help="seed of the noise and the samplers (default 0)")
     dw = sub.add_parser("dataweight", help="DiffPIR's PSNR against its data weight lambda, steps and noise, on validation images")
-    _mode(dw, "3 validation crops, 2 noise levels", "5 validation crops, 3 noise levels")
+    _mode(dw, "2 validation crops, 2 noise levels", "5 validation crops, 3 noise levels")
     dw.add_argument("--seed", type=int, default=0, help="seed of the noise and the samplers (default 0)")
     par = sub.add_parser("parity", help="DDRM and DPS against deepinv's on the same prior, operator and levels")
     _mode(par, "camera 128x128, 8 DDRM samples, DPS at 100 steps", "camera 256x256, 16 DDRM samples, DPS at 1000 steps")

@@ -16,8 +16,8 @@ This suite restores crops of training photographs (never the test images) at
   ``sr4-bicubic``: the images benchmark's operators (exact data step through the SVD).
 
 Noise std 0.01 and 0.03 (full: also 0.05), one posterior sample, seed 0.  The
-JSON is written after every problem, and a rerun keeps the rows it finds there
-that its plan asks for (an interrupted sweep resumes).
+JSON is written after every problem, and a rerun of the same mode keeps the rows
+it finds there that its plan asks for (an interrupted sweep resumes).
 ``python -m benchmarks dataweight [--quick | --full]`` writes
 ``results/dataweight.{json,md}``.
 """
@@ -87,9 +87,10 @@ def run(mode: str = "quick", device: str = "cpu", seed: int = 0, log: Callable[[
         import json
 
         old = json.loads(path.read_text(encoding="utf-8"))
-        if all(old.get(k) == data[k] for k in ("prior", "size", "seed")):  # keep its rows inside this plan
+        tasks = set(GROUPS["blur"]) | set(GROUPS["inpainting, SR"])
+        if all(old.get(k) == data[k] for k in ("mode", "prior", "size", "seed")):  # an interrupted run of this mode
             data["rows"] = [r for r in old["rows"] if r["image"] in names and r["sigma_y"] in sigmas
-                            and r["steps"] in STEPS and r["lambda"] in LAMBDAS]  # fmt: skip
+                            and r["steps"] in STEPS and r["lambda"] in LAMBDAS and r["task"] in tasks]  # fmt: skip
             data["seconds"] = sum(r["seconds"] for r in data["rows"])
     done = {(r["task"], r["image"], r["sigma_y"], r["steps"], r["lambda"]) for r in data["rows"]}
     for task, name, sigma, x, op, y, region in problems(names, sigmas, seed):
@@ -114,6 +115,7 @@ def run(mode: str = "quick", device: str = "cpu", seed: int = 0, log: Callable[[
                 report.write_json(NAME, data)
                 log(f"{task} {name} sigma {sigma:g} steps {steps}: "
                     + " ".join(f"{r['lambda']:g}:{r['psnr']:.2f}" for r in new))
+    report.write_json(NAME, data)
     report.write_section(NAME, markdown(data))
     return data
 
@@ -167,7 +169,7 @@ def markdown(data: dict[str, Any]) -> str:
         f"`python -m benchmarks dataweight --{data['mode']}`. Machine: {report.describe_machine(data['machine'])} "
         f"Prior `{data['prior']}`; {data['size']}x{data['size']} crops of the training photographs "
         f"{', '.join(f'`{i}`' for i in data['images'])} (never the test images); one posterior sample, seed "
-        f"{data['seed']}; {data['seconds']:.0f} s of sampling in all. Tasks: a 'valid' Gaussian (std 2) and "
+        f"{data['seed']}; {data['seconds']:.0f} s of sampling in all (summed over its rows, a resumed run's included). Tasks: a 'valid' Gaussian (std 2) and "
         "camera-shake blur with conjugate gradients in the data step (as the command line runs a photo's blur), "
         "the same Gaussian blur circular (exact data step), 70% random inpainting and 4x bicubic "
         "super-resolution (exact data step). Mean PSNR (dB) over the tasks of each group and the photos; "
