@@ -43,11 +43,11 @@ classical MAP literature (Cho & Lee 2009; Xu, Zheng & Jia 2013; Pan et al. 2014)
 Four EM rounds are the default (``BlindBlur(em_iters=4)``): on 192x192 crops the
 kernel's correlation with the truth kept rising through the fourth round (camera,
 bent camera-shake kernel: 0.73 after the L0 start, 0.80, 0.83, 0.84, 0.85, then
-flat).  On the blind benchmark the rounds won the choice in 2 cases of 20, the
-bent shake on both photos at noise 0.01 (+1.95 dB on `camera`; on `astronaut` a
-kernel of NCC 0.79 against the Gaussian fit's 0.55, yet 0.8 dB lower: a free-form
-kernel's errors ring), at about 2.7x the time; ``BlindBlur(em_iters=0)`` keeps the
-fits and the L0 starts alone.
+flat).  On the blind benchmark the rounds won the choice in 3 cases of 20, all
+on the bent shake (`camera` at noise 0.01 and 0.03: +2.3 and +1.0 dB over the
+choice without rounds; on `astronaut` at 0.01 a kernel of NCC 0.80 against the
+Gaussian fit's 0.55, yet 0.8 dB lower: a free-form kernel's errors ring), at
+about 2.7x the time; ``BlindBlur(em_iters=0)`` keeps the fits and the L0 starts alone.
 
 Why this method and not BlindDPS, GibbsDDRM or BIRD: BlindDPS needs a second
 diffusion prior trained on kernels and 1000 DPS steps with gradients through the
