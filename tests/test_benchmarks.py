@@ -466,3 +466,27 @@ def test_calibration_suite_folds_and_scores_without_leaking_the_test_photo() -> 
                          "rows": rows}]}  # fmt: skip
     md = calibration.markdown(data)
     assert "| photos, 50 % of pixels missing at random" in md and "24 / 36" in md
+
+
+def test_blind_suite_runs_a_gray_and_a_colour_photo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from benchmarks import blind
+
+    from invdiff.operators import gaussian_kernel
+
+    monkeypatch.setattr(report, "RESULTS_DIR", tmp_path)
+    monkeypatch.setattr(blind, "PLAN", {"full": ((("camera", 1), ("astronaut", 3)), 20, (0.02,))})
+    monkeypatch.setattr(blind, "SIZE", 5)
+    monkeypatch.setattr(blind, "STEPS", 2)
+    monkeypatch.setattr(blind, "kernels", lambda: {"gaussian 1": gaussian_kernel(1.0, 5)})
+    monkeypatch.setattr(blind, "clock", lambda *a, **k: {})
+    data = blind.run("full", log=lambda m: None)
+
+    rows = data["rows"]
+    assert {r["image"] for r in rows} == {"camera", "astronaut (rgb)"}
+    methods = {"ceiling", "guess", "blind", "blind+em4", "classical"}
+    for image in ("camera", "astronaut (rgb)"):
+        sel = [r for r in rows if r["image"] == image]
+        assert {r["method"] for r in sel} == methods and all(math.isfinite(r["psnr"]) for r in sel)
+    assert [s["cases"] for s in data["summary"]] == [2] * 4  # both photos in every Gaussian-family row
+    md = (tmp_path / "blind.md").read_text()
+    assert "| astronaut (rgb) | gaussian 1 | 0.02 |" in md and "--full" in md
