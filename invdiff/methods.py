@@ -12,7 +12,7 @@ from torch import Tensor
 from .samplers.daps import daps
 from .samplers.ddnm import ddnm
 from .samplers.ddrm import ddrm
-from .samplers.diffpir import diffpir
+from .samplers.diffpir import diffpir, diffpir_run_defaults
 from .samplers.dps import dps
 from .samplers.latent_dps import latent_dps
 from .samplers.pigdm import pigdm
@@ -43,6 +43,9 @@ class Method:
     #: the prior's own ``sigma_max``); chosen on validation images, see ``benchmarks/results/schedule.md``.
     #: Other priors (users' checkpoints, analytic priors) start at their own ``sigma_max``.
     sigma_max: float | None = None
+    #: knob defaults that depend on the run, ``(steps, op) -> {knob: value}``: ``restore`` fills each knob
+    #: left unset (or ``None``) from it before padding wraps the operator, and ``Result.knobs`` records them
+    run_defaults: Callable[[int, Any], dict[str, Any]] | None = None
 
     @property
     def knobs(self) -> dict[str, Any]:
@@ -93,7 +96,7 @@ METHODS: dict[str, Method] = {
     "diffpir": Method(
         diffpir, 100, frozenset({"linear"}), False,
         "DiffPIR (Zhu et al. 2023): plug-and-play half-quadratic splitting with the diffusion denoiser",
-        sigma_max=2.0,
+        sigma_max=2.0, run_defaults=diffpir_run_defaults,
     ),
     "daps": Method(
         daps, 200, frozenset(), True,

@@ -281,10 +281,8 @@ def restore(
         raise ValueError(f"samples must be an integer >= 1, got {samples!r}")
     steps, samples = int(steps), int(samples)
     sigma_y, noise = _check_noise(method, m, sigma_y, noise, y, op)
-    if method == "diffpir" and knobs.get("lambda_") is None:  # the weight ran, in Result.knobs; before embed hides the blur
-        from .samplers.diffpir import default_lambda
-
-        knobs = {**knobs, "lambda_": default_lambda(steps, op)}
+    if m.run_defaults is not None:  # e.g. DiffPIR's weight on a blur: before embed hides the operator, in Result.knobs
+        knobs = {**knobs, **{k: v for k, v in m.run_defaults(steps, op).items() if knobs.get(k) is None}}
 
     # Sides not divisible by the prior's factor: the same problem on a canvas padded at the bottom/right.
     if any(pad):

@@ -385,6 +385,11 @@ def test_diffpir_default_lambda_rises_for_a_blur_in_few_steps():
     prior, _, y = problem(blur, shape=shape, batch=1, sigma_y=0.05)
     assert restore(y, blur, prior, method="diffpir", steps=4, sigma_y=0.05).knobs["lambda_"] == 175.0
     assert restore(y, blur, prior, method="diffpir", steps=4, sigma_y=0.05, lambda_=3.0).knobs["lambda_"] == 3.0
+    assert restore(y, blur, prior, method="diffpir", steps=4, sigma_y=0.05, lambda_=None).knobs["lambda_"] == 175.0
+    from invdiff import METHODS
+
+    assert METHODS["diffpir"].run_defaults(20, blur) == {"lambda_": 35.0}  # the hook restore fills unset knobs from
+    assert all(m.run_defaults is None for name, m in METHODS.items() if name != "diffpir")
 
 
 def _ref_spectral(y, op, sigma_y):

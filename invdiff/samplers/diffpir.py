@@ -50,6 +50,11 @@ def default_lambda(steps: int, op: Operator | None = None) -> float:
     return REFERENCE_LAMBDA
 
 
+def diffpir_run_defaults(steps: int, op: Operator | None) -> dict[str, float]:
+    """The knobs whose defaults depend on the run (``Method.run_defaults``): ``lambda_`` by ``default_lambda``."""
+    return {"lambda_": default_lambda(steps, op)}
+
+
 #: Floor on ``sigma_y`` (data units) in the data step, as the reference's ``max(0.001, noise_level_img)``.
 SIGMA_Y_FLOOR = 1e-3
 
