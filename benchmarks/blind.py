@@ -21,7 +21,7 @@ true noise level) and is scored on the blurry file's region:
   the final run;
 * ``classical``: the coarse-to-fine L0 kernel estimate alone (``classical_kernel``,
   written from Xu et al. 2013 / Pan et al. 2014) with BM3D deblurring of the
-  mirror-padded file at the true noise std (Wiener-Hunt at an oracle balance
+  mirror-padded file at the true noise std (Wiener-Hunt at a fixed balance 1e-2
   without the ``bm3d`` package).
 
 Kernel error: ``kernel_ncc`` against the true kernel (1 = equal up to a shift).
@@ -58,11 +58,12 @@ PLAN = {
     "full": ((("camera", 1), ("astronaut", 1), ("coffee", 1), ("astronaut", 3)), 256, (0.01, 0.02, 0.04)),
 }
 
+SHIFT = 3
+
 
 def photo_label(name: str, channels: int) -> str:
     """A photo's name in the tables: ``astronaut`` in gray, ``astronaut (rgb)`` in colour."""
     return name if channels == 1 else f"{name} (rgb)"
-SHIFT = 3
 
 
 def kernels() -> dict[str, torch.Tensor]:

@@ -215,7 +215,9 @@ def restore(
             ``invdiff.calibrate`` for this method, steps, samples, knobs, prior, operator kind
             and noise level (a one-line ``ValueError`` otherwise); ``Result.interval`` then
             returns calibrated intervals.
-        **knobs: the method's own keyword knobs (see ``METHODS[method].knobs``).
+        **knobs: the method's own keyword knobs (see ``METHODS[method].knobs``); one left unset or
+            ``None`` whose default depends on the run is filled from ``METHODS[method].run_defaults``
+            (DiffPIR's ``lambda_`` on a blur).
 
     Precision: the sampler's state, sums and solves are in ``Result.dtype``, at least float32:
     float64 for a float64 prior (or a parameter-free prior such as the analytic

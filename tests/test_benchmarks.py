@@ -474,6 +474,7 @@ def test_blind_suite_runs_a_gray_and_a_colour_photo(tmp_path: Path, monkeypatch:
     from invdiff.operators import gaussian_kernel
 
     monkeypatch.setattr(report, "RESULTS_DIR", tmp_path)
+    monkeypatch.setattr(report, "RESULTS_MD", tmp_path / "RESULTS.md")  # the committed page stays as it is
     monkeypatch.setattr(blind, "PLAN", {"full": ((("camera", 1), ("astronaut", 3)), 20, (0.02,))})
     monkeypatch.setattr(blind, "SIZE", 5)
     monkeypatch.setattr(blind, "STEPS", 2)

@@ -111,9 +111,9 @@ def diffpir(
     ``[-1, 1]`` for inpainting), and ``lam = sigma_y^2 / r_T^2`` (at least 1e-6, as
     PiGDM's start) for other operators, where the reference uses ``y`` itself
     (deblurring) or its bicubic upsampling (super-resolution).  At the reference's
-    full start (``t = 999``, ``sqrt(abar) = 0.006``) this is pure noise; at the
-    truncated starts ``METHODS`` uses (10) it is not: on a box hole it is worth about
-    1 dB.  The reference's optional DDIM ``eta`` inside the ``(1 - zeta)`` part is 0
+    full start (``t = 999``, ``sqrt(abar) = 0.006``) this is pure noise; at a
+    truncated start (``METHODS`` uses 2) it is not: on a box hole it was worth about
+    1 dB at a start of 10.  The reference's optional DDIM ``eta`` inside the ``(1 - zeta)`` part is 0
     in its configs and omitted.
 
     ``clip_x0`` clips ``x0_hat`` to ``prior.data_range`` before the data step, as the
