@@ -24,6 +24,7 @@ it finds there that its plan asks for (an interrupted sweep resumes).
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -84,8 +85,6 @@ def run(mode: str = "quick", device: str = "cpu", seed: int = 0, log: Callable[[
             "machine": report.machine(dev)}  # fmt: skip
     path = report.RESULTS_DIR / f"{NAME}.json"
     if path.exists():
-        import json
-
         old = json.loads(path.read_text(encoding="utf-8"))
         tasks = set(GROUPS["blur"]) | set(GROUPS["inpainting, SR"])
         if all(old.get(k) == data[k] for k in ("mode", "prior", "size", "seed")):  # an interrupted run of this mode
@@ -122,8 +121,6 @@ def run(mode: str = "quick", device: str = "cpu", seed: int = 0, log: Callable[[
 
 def render() -> None:
     """Rewrite ``results/dataweight.md`` from ``results/dataweight.json`` (the same numbers; no sampling)."""
-    import json
-
     data = json.loads((report.RESULTS_DIR / f"{NAME}.json").read_text(encoding="utf-8"))
     report.write_section(NAME, markdown(data))
 
