@@ -16,9 +16,9 @@ true noise level) and is scored on the blurry file's region:
   and straight-line fits and the classical start, the kernel of highest spectral
   marginal likelihood, then the sampler (no diffusion in the kernel's estimate);
 * ``blind+em4``: the default, ``BlindBlur(31)``: the same candidates and four EM
-  rounds from the classical start (a posterior sample given the kernel, the
-  kernel given the sample), the candidate of highest marginal likelihood, then
-  the final run;
+  rounds (a posterior sample given the kernel, the kernel given the sample) from
+  the spectral arc fit turned towards the classical start, the candidate of
+  highest marginal likelihood, then the final run;
 * ``classical``: the coarse-to-fine L0 kernel estimate alone (``classical_kernel``,
   written from Xu et al. 2013 / Pan et al. 2014) with BM3D deblurring of the
   mirror-padded file at the true noise std (Wiener-Hunt at a fixed balance 1e-2

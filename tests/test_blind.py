@@ -12,6 +12,7 @@ from skimage import data
 import invdiff
 from invdiff.blind import (
     CLASSICAL_VARIANTS,
+    arc_kernel,
     centre_kernel,
     classical_kernel,
     clean_kernel,
@@ -21,6 +22,7 @@ from invdiff.blind import (
     estimate_blind,
     gaussian_family,
     methods_for_blind,
+    orient,
     periodic_component,
     salient_edges,
     snap,
@@ -89,6 +91,24 @@ def test_spectral_model_fits_a_straight_shake():
     assert k.shape == (15, 15) and k.min() >= 0 and abs(float(k.sum()) - 1) < 1e-5
     assert kernel_ncc(k, kernel) > 0.9
     assert nll < model.fit_gaussian(15)[1]  # the line explains a straight shake better than any Gaussian
+
+
+def test_spectral_model_fits_a_bent_shake_up_to_its_reflection():
+    t = torch.arange(21, dtype=torch.float64) - 10
+    kernel = arc_kernel(t, torch.tensor(14.0), torch.tensor(0.4), torch.tensor(2.0), torch.tensor(0.6)).float()
+    assert abs(float(kernel.sum()) - 1) < 1e-6 and kernel.min() >= 0
+    flipped = centre_kernel(kernel.flip(-2, -1))
+    assert kernel_ncc(kernel, flipped) < 0.8  # a bent kernel is not its own point reflection
+    _, y = _blurred(kernel, 160)
+    model = SpectralModel(y[0], 0.01)
+    k, nll = model.fit_arc(21)
+    assert k.shape == (21, 21) and k.min() >= 0 and abs(float(k.sum()) - 1) < 1e-5
+    assert abs(nll - model.nll(k)) < 1e-3
+    assert nll < model.fit_line(21)[1] - model.penalty(1)  # the bend explains the spectrum beyond its extra parameter
+    # |K| sees the arc up to its reflection; a reference with a phase picks the side
+    assert kernel_ncc(orient(k, kernel), kernel) > 0.9
+    assert kernel_ncc(orient(k, flipped), flipped) > 0.9
+    assert kernel_ncc(orient(k, flipped), kernel) < 0.8
 
 
 def test_spectral_model_finds_no_blur_in_a_sharp_photo():
