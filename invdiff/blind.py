@@ -17,7 +17,8 @@ classical MAP literature (Cho & Lee 2009; Xu, Zheng & Jia 2013; Pan et al. 2014)
    ``python -m benchmarks blind``.  EM starts from a circular arc fitted to the
    spectrum in the same way (``fit_arc``: the shape of a bent shake, up to its
    point reflection), turned to the side of its bend that the best-scoring
-   classical estimate correlates with (``orient``).
+   classical estimate correlates with (``orient``); a given ``BlindBlur(init=...)``
+   starts EM instead.
 2. **E-step**: a posterior sample of ``x`` given the current kernel, drawn by a
    non-blind sampler on the 'valid' blur (``Blur(k, padding="valid")``: no
    periodic-border assumption on a real photo).  A sample, not a mean: a mean is
@@ -46,12 +47,12 @@ classical MAP literature (Cho & Lee 2009; Xu, Zheng & Jia 2013; Pan et al. 2014)
 Four EM rounds are the default (``BlindBlur(em_iters=4)``): on 192x192 crops the
 kernel's correlation with the truth kept rising through the fourth round (camera,
 bent camera-shake kernel: 0.73 after the L0 start, 0.80, 0.83, 0.84, 0.85, then
-flat).  On the blind benchmark the rounds won the choice in 3 cases of 20, all
-on the bent shake (`camera` at noise 0.01 and 0.03: +2.3 and +1.0 dB over the
-choice without rounds; on `astronaut` at 0.01 a kernel of NCC 0.80 against the
-Gaussian fit's 0.55, yet 0.8 dB lower: a free-form kernel's errors ring), at
-about 2.7x the time; ``BlindBlur(em_iters=0)`` keeps the fits and the L0 starts alone.
-Those figures are from the classical start.  Starting from the oriented arc instead
+flat; from the classical start).  On the blind benchmark, from the arc start, the
+rounds won the choice in 3 cases of 20, all on the bent shake (`camera` at noise
+0.01 and 0.03: +2.7 and +1.8 dB over the choice without rounds; `astronaut` at
+0.01: +3.5 dB, kernel NCC 0.92 against the Gaussian fit's 0.55), at about 3.1-3.3x
+the time; ``BlindBlur(em_iters=0)`` keeps the fits and the L0 starts alone (and
+skips the arc's fit).  Starting from the oriented arc instead of the classical start
 took the whole method on 12 validation cases (192x192 crops of ``rocket``,
 ``chelsea`` and ``stereo_motorcycle``, two shake kernels, noise 0.01 and 0.03) from
 1.21 to 0.82 dB below the true-kernel run on average (worst 2.91 -> 2.52 dB).  The
@@ -667,7 +668,8 @@ def estimate_blind(
     image integrated out (maximum marginal likelihood, Levin et al. 2011), with the
     Bayesian information criterion's charge for a free-form kernel's pixels.  That choice keeps a Gaussian blur's fit where EM would wander, and stops
     EM rounds that drift away at high noise from being returned.  A given
-    ``blind.kernel_init`` replaces the fits and the classical starts.
+    ``blind.kernel_init`` replaces the fits, the classical starts and the arc: EM
+    starts from it.
 
     Returns the kernel ``(K, K)``, every candidate as ``(label, kernel, score)`` and the
     last E-step's result (``None`` without EM rounds).

@@ -366,8 +366,8 @@ class BlindBlur:
         kernel_size: odd side of the kernel's support (an upper bound on the blur's extent).
         init: optional starting kernel ``(kernel_size, kernel_size)`` (e.g. a Gaussian
             guess); it replaces the default candidates (the spectral Gaussian and line
-            fits and the coarse-to-fine classical estimates, and the arc fit that starts
-            the EM rounds).
+            fits and the coarse-to-fine classical estimates) and the arc fit that would
+            start the EM rounds: EM starts from ``init``.
         em_iters: rounds of (posterior sample given the kernel, kernel given the sample)
             after the start; the kernel used is the candidate (start or round) of
             highest spectral marginal likelihood (``invdiff.blind.estimate_blind``), so

@@ -142,22 +142,27 @@ def test_spectral_model_takes_colour_at_its_channels_noise():
     assert kernel_ncc(model.fit_gaussian(15)[0], kernel) > 0.95
 
 
-def test_estimate_blind_returns_the_candidate_of_least_score():
+def test_estimate_blind_returns_the_candidate_of_least_score(monkeypatch):
     kernel = gaussian_kernel(1.5, 15)
     _, y = _blurred(kernel, 120)
     prior = invdiff.priors.load_prior("natural-gray")
+    started = []  # the kernel each E-step ran with
 
     def run(op):
+        started.append(op.kernel.detach().cpu().reshape(15, 15))
         return invdiff.restore(y, op, prior, method="diffpir", steps=2, sigma_y=0.01)
 
     k, candidates, res = estimate_blind(y, BlindBlur(15, em_iters=1), run, 0.01)
+    # EM started from the spectral arc, turned towards the classical estimate of best score
+    model = SpectralModel(y[0], 0.01)
+    best_classical = min((c for c in candidates if c[0].startswith("classical")), key=lambda c: c[2])[1]
+    assert len(started) == 1 and torch.allclose(started[0], orient(model.fit_arc(15)[0], best_classical), atol=1e-6)
     classical = [label for label, _ in CLASSICAL_VARIANTS]
     assert classical[0] == "classical" and len(set(classical)) == len(classical) > 1
     assert [c[0] for c in candidates] == ["gaussian", "line", *classical, "em1"] and res is not None
     assert torch.equal(k, min(candidates, key=lambda c: c[2])[1])
     assert kernel_ncc(k, kernel) > 0.97
     # every score is the kernel's spectral NLL plus the charge for its free parameters
-    model = SpectralModel(y[0], 0.01)
     for label, kernel_c, score in candidates:
         charge = score - model.nll(kernel_c)
         free_form = model.penalty(int((kernel_c > 0).sum()) - 1)
@@ -170,6 +175,11 @@ def test_estimate_blind_returns_the_candidate_of_least_score():
     assert abs(only[0][2] - model.nll(init) - model.penalty(int((init > 0).sum()) - 1)) < 1e-9
     _, with_em, _ = estimate_blind(y, BlindBlur(15, init=init, em_iters=1), run, 0.01)
     assert [c[0] for c in with_em] == ["init", "em1"]
+    assert torch.allclose(started[-1], init / init.sum())  # a given start starts EM
+    # without EM rounds the arc, which only starts them, is not fitted
+    monkeypatch.setattr(SpectralModel, "fit_arc", lambda *a: pytest.fail("fit_arc without EM rounds"))
+    _, no_em, none = estimate_blind(y, BlindBlur(15, em_iters=0), run, 0.01)
+    assert [c[0] for c in no_em] == ["gaussian", "line", *classical] and none is None
 
 
 def test_salient_edges_keep_a_lone_edge_and_drop_thin_stripes():
