@@ -456,7 +456,8 @@ class SpectralModel:
         (``arc_kernel``): a shake that bends, which a straight line cannot follow (on the
         blind benchmark's bent shake, kernel NCC 0.77-0.80 where the line and the Gaussian
         fits reached 0.50-0.64).  ``|K|`` sees the arc only up to the point reflection
-        ``k(-x)`` (the same arc bent the other way), which the caller resolves with a
+        ``k(-x)`` (the same arc bent the other way, to one of ``arc_kernel``'s points, which
+        sit at the ends of their steps), which the caller resolves with a
         kernel that has a phase (``orient``).  ``turn = 0`` is the line.  Twenty-four starts
         (lengths 3 to ``0.6 size``, four angles, two turns): about 10 s for a 192x192 photo.
         """
@@ -470,7 +471,7 @@ class SpectralModel:
         return self._fit(size, kernel, starts)
 
 
-#: points along an arc where ``arc_kernel`` places its Gaussians (spacing below a pixel up to 0.6 x 31 pixels long)
+#: points along an arc where ``arc_kernel`` places its Gaussians (less than a pixel apart on arcs up to 64 pixels long)
 ARC_POINTS = 64
 
 
