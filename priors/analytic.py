@@ -137,6 +137,13 @@ def _draw(n: int, d: int, generator: torch.Generator | None, device: torch.devic
     return torch.randn(n, d, generator=generator, device=gen_device, dtype=_F64).to(device)
 
 
+def _root(lam: Tensor, Q: Tensor) -> Tensor:
+    """The symmetric square root ``Q diag(sqrt(lam)) Q^T`` ``(N, N)`` of ``Q diag(lam) Q^T``: unlike
+    ``Q diag(sqrt(lam))`` it is the same whichever eigenvector signs and repeated-eigenvalue basis ``eigh`` gave."""
+    r = (Q * lam.clamp_min(0).sqrt()) @ Q.mT
+    return 0.5 * (r + r.mT)
+
+
 def _default_sigmas(lam: Tensor, means: Tensor) -> tuple[float, float]:
     """``(sigma_min, sigma_max)`` from the data scale ``max(sqrt(max lam), max |m|)``.
 
@@ -276,9 +283,14 @@ class GaussianPrior(Prior):
     def sample(
         self, n: int, generator: torch.Generator | None = None, dtype: torch.dtype | None = None
     ) -> Tensor:
-        """``n`` draws ``mean + Q diag(sqrt(lam)) z`` -> ``(n, C, H, W)`` (float64 maths, ``dtype`` out)."""
-        z = _draw(n, self.n, generator, self.mean.device) * self.eigvals.sqrt()
-        x = self.mean + (z if self.eigvecs is None else z @ self.eigvecs.mT)
+        """``n`` draws ``mean + cov^(1/2) z`` -> ``(n, C, H, W)`` (float64 maths, ``dtype`` out).
+
+        ``cov^(1/2)`` is the symmetric root ``Q diag(sqrt(lam)) Q^T``, which does not depend on the signs
+        ``eigh`` gives the eigenvectors or on the basis it picks where eigenvalues repeat (a stationary
+        covariance's do): a seed gives the same images on every machine, up to rounding.
+        """
+        z = _draw(n, self.n, generator, self.mean.device)
+        x = self.mean + (z * self.eigvals.sqrt() if self.eigvecs is None else z @ _root(self.eigvals, self.eigvecs))
         return x.reshape(n, *self.shape).to(dtype or torch.get_default_dtype())
 
     def extra_repr(self) -> str:
@@ -406,18 +418,20 @@ class GaussianMixturePrior(Prior):
     def sample(
         self, n: int, generator: torch.Generator | None = None, dtype: torch.dtype | None = None
     ) -> Tensor:
-        """``n`` draws: a component ``k ~ pi``, then ``m_k + Q_k diag(sqrt(l_k)) z`` -> ``(n, C, H, W)``."""
+        """``n`` draws: a component ``k ~ pi``, then ``m_k + S_k^(1/2) z`` -> ``(n, C, H, W)`` (the symmetric
+        root, as ``GaussianPrior.sample``: the same images on every machine)."""
         device = self.means.device
         gen_device = generator.device if generator is not None else device
         k = torch.multinomial(self.weights.to(gen_device), n, replacement=True, generator=generator).to(device)
-        z = _draw(n, self.n, generator, device) * self.eigvals[k].sqrt()
+        z = _draw(n, self.n, generator, device)
         if self.eigvecs is None:
-            x = self.means[k] + z
+            x = self.means[k] + z * self.eigvals[k].sqrt()
         else:
             x = torch.empty_like(z)
             for j in range(self.weights.shape[0]):  # one matrix product per component
                 sel = k == j
-                x[sel] = self.means[j] + z[sel] @ self.eigvecs[j].mT
+                if sel.any():
+                    x[sel] = self.means[j] + z[sel] @ _root(self.eigvals[j], self.eigvecs[j])
         return x.reshape(n, *self.shape).to(dtype or torch.get_default_dtype())
 
     def extra_repr(self) -> str:

@@ -241,6 +241,31 @@ def test_gmm_log_prob_and_tweedie(gmm_setup):
     torch.testing.assert_close(prior.denoise(x, sigma), x + sigma**2 * grad, rtol=0, atol=1e-10)
 
 
+def test_samples_do_not_depend_on_the_eigenbasis_eigh_returns():
+    """A seed gives the same images whichever eigenvector signs, and whichever basis of a repeated eigenvalue,
+    the eigendecomposition returned (they differ between LAPACK builds and CPUs): the symmetric root."""
+    prior = GaussianPrior.smooth((1, 4, 4))  # a square grid: the covariance's eigenvalues repeat in pairs
+    lam = prior.eigvals
+    assert ((lam[1:] - lam[:-1]).abs() < 1e-9 * lam.max()).any()
+    other = GaussianPrior.smooth((1, 4, 4))
+    q, _ = torch.linalg.qr(torch.randn(16, 16, generator=gen(4), dtype=F64))
+    Q = prior.eigvecs * torch.where(torch.arange(16) % 3 == 0, -1.0, 1.0).to(F64)  # other signs
+    for i in range(15):  # and another basis of each repeated pair
+        if abs(lam[i + 1] - lam[i]) < 1e-9 * lam.max():
+            c, s = q[i, 0] / q[i, :2].norm(), q[i, 1] / q[i, :2].norm()
+            Q[:, [i, i + 1]] = Q[:, [i, i + 1]] @ torch.stack([torch.stack([c, -s]), torch.stack([s, c])])
+    other.eigvecs.copy_(Q)
+    torch.testing.assert_close(other.cov, prior.cov, rtol=0, atol=1e-15)
+    assert not torch.allclose(other.eigvecs, prior.eigvecs)
+    x, x_other = prior.sample(5, gen(1), dtype=F64), other.sample(5, gen(1), dtype=F64)
+    torch.testing.assert_close(x_other, x, rtol=0, atol=1e-12)
+    mix = GaussianMixturePrior(torch.ones(2), prior.mean.repeat(2, 1), prior.cov.repeat(2, 1, 1), shape=(1, 4, 4))
+    mix_other = GaussianMixturePrior(torch.ones(2), prior.mean.repeat(2, 1), prior.cov.repeat(2, 1, 1), shape=(1, 4, 4))
+    mix_other.eigvecs.copy_(torch.stack([Q, -Q]))
+    x, x_other = mix.sample(6, gen(2), dtype=F64), mix_other.sample(6, gen(2), dtype=F64)
+    torch.testing.assert_close(x_other, x, rtol=0, atol=1e-12)
+
+
 def test_gmm_sample_moments(gmm_setup):
     w, means, covs = gmm_setup
     n4 = 4  # first 4 pixels of a small copy keep the check cheap and well resolved

@@ -195,27 +195,53 @@ def test_the_chain_law_in_closed_form_is_what_the_sampler_draws():
     assert (v / torch.diagonal(prior.cov)).min() < 0.5  # the measurement matters: the check above could fail
 
 
-@pytest.mark.parametrize("name", ["inpainting", "blur"])
-def test_the_chain_law_at_the_defaults_is_the_posterior(name):
-    """The docstring's closed-form numbers on 8x8 problems like the posterior suite's, 256 samples' SEs."""
+def chain_problem(name: str, k: int):
+    """Problem ``k`` of ten on 8x8 like the posterior suite's: ``(prior, A, y, exact mean, exact variances)``.
+
+    Inpainting draws its mask, image and noise from seeds ``1, 2, 3 + 10 k``; blur its image and noise.
+    """
     shape = (1, 8, 8)
     prior = GaussianPrior.smooth(shape)
-    op = {"inpainting": Inpainting((torch.rand(1, 1, 8, 8, generator=gen(1)) < 0.5).to(F64)),
+    op = {"inpainting": Inpainting((torch.rand(1, 1, 8, 8, generator=gen(1 + 10 * k)) < 0.5).to(F64)),
           "blur": Blur(gaussian_kernel(1.0, size=5), padding="circular")}[name]  # fmt: skip
-    ax = op(prior.sample(1, gen(2), dtype=F64))
-    y = ax + SIGMA_Y * torch.randn(ax.shape, generator=gen(3), dtype=F64)
+    ax = op(prior.sample(1, gen(2 + 10 * k), dtype=F64))
+    y = ax + SIGMA_Y * torch.randn(ax.shape, generator=gen(3 + 10 * k), dtype=F64)
     A = dense_matrix(op, shape)
     mean, cov = gaussian_posterior(prior, A, y, SIGMA_Y)
-    v = torch.diagonal(cov)
+    return prior, A, y, mean, torch.diagonal(cov)
 
-    def law(**kw):
-        mu, C = chain_law(prior, A, y, prior.sigmas(STEPS), **kw)
+
+@pytest.mark.parametrize("name", ["inpainting", "blur"])
+def test_the_chain_law_at_the_defaults_is_the_posterior(name):
+    """The docstring's closed-form numbers on ten problems: the median variance ratio, and the mean's error at
+    the worst pixel in standard errors of 256 samples, at the default 40 iterations and at 100.
+
+    Inpainting measured (40 iterations): 0.06, 0.19, 0.42, 1.21, 1.88, 2.21, 2.43, 2.79, 5.37, 10.1; at 100
+    all but problem 7 below 0.25, problem 7 (a 38-pixel hole) 3.3.  Blur: at most 0.26 at 40.
+    """
+
+    def law(prior, A, y, mean, v, steps=STEPS, **kw):
+        mu, C = chain_law(prior, A, y, prior.sigmas(steps), **kw)
         return (torch.diagonal(C) / v).median().item(), ((mu - mean).abs() / (v / 256).sqrt()).max().item()
 
-    ratio, bias = law()
-    assert 0.96 < ratio < 1.0 and bias < 1.0
-    assert law(order=1)[0] < 0.75  # first-order ancestral steps: p(x | z) too narrow
-    assert law(split=False)[0] > 1.1  # the paper's likelihood at the same rho_min: the x-marginal too wide
+    ratios, bias, bias_100 = [], [], []
+    for k in range(10):
+        problem_k = chain_problem(name, k)
+        ratio, b = law(*problem_k)
+        ratios.append(ratio)
+        bias.append(b)
+        bias_100.append(law(*problem_k, steps=100)[1])
+    assert all(0.96 < r < 1.0 for r in ratios), ratios
+    if name == "blur":
+        assert max(bias) < 0.5, bias
+    else:
+        # The chain mixes slowly inside a large hole: the error at 40 iterations spans two decades.
+        assert sorted(bias)[4] < 2.5 and max(bias) < 11.0, bias
+        assert sorted(bias_100)[8] < 0.5 and max(bias_100) < 4.0, bias_100
+        assert all(b100 < b for b100, b in zip(bias_100, bias)), (bias, bias_100)
+    problem_0 = chain_problem(name, 0)
+    assert law(*problem_0, order=1)[0] < 0.75  # first-order ancestral steps: p(x | z) too narrow
+    assert law(*problem_0, split=False)[0] > 1.1  # the paper's likelihood at the same rho_min: the x-marginal too wide
 
 
 # -- the reference's likelihood step, in its own units ---------------------------------------------------

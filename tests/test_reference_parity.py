@@ -740,9 +740,14 @@ def test_score_ald_through_the_discrete_wrapper_samples_the_exact_posterior():
     gradient to the prior score's norm and steps by step_lr (sigma / sigma_L)^2: no draw can be shared with
     invdiff's capped, un-normalised update (Jalal et al.).  Checked instead: through DiscreteDDPMPrior, on the
     timesteps nearest a 300-level geometric grid (255 distinct; the network at integer t), 400 chains of a
-    Gaussian prior under random inpainting (sigma_y = 0.1) reach the exact posterior.  Tolerances as
-    tests/test_samplers.py's Score-ALD check, the mean's rms 2 standard errors: the DDPM's levels are coarse
-    at the bottom (data units 0.0050, 0.0074, 0.0091, ...), and the ULA bias left there is about 1.5 SE."""
+    Gaussian prior under random inpainting (sigma_y = 0.1) draw what the analytic prior draws directly on the
+    same levels, and reach the exact posterior up to Score-ALD's own bias.
+
+    That bias, measured with 4000 chains (measurement seeds 3, 5, 6): the mean's rms error 0.044-0.060
+    posterior standard deviations, 0.10-0.17 at the worst pixel; the same on the analytic prior directly, and
+    on a 300-level geometric grid 0.042 / 0.11 (seed 3): the sampler's (ULA at 8 steps per level, sigma_y =
+    0.1), not the wrapper's.  In standard errors of 400 chains that is about 1.1 rms; chain seeds 11-18 here
+    gave rms 1.0-2.2 and 2.4-5.3 at the worst pixel, hence the bounds 3 and 7."""
     net, prior = ddpm()
     op = Inpainting(masks(1))
     y = measure(op, net, 0.1, 1, seed=3)
@@ -753,8 +758,12 @@ def test_score_ald_through_the_discrete_wrapper_samples_the_exact_posterior():
     x = score_ald(prior, op, y.repeat(n, 1, 1, 1), data_sigmas(ts), sigma_y=0.1, steps_per_level=8, generator=gen(11))
     t_seen = torch.stack(net.t_log)[:, 0]
     assert (t_seen - t_seen.round()).abs().max() < 1e-4 and t_seen.round().unique().tolist() == sorted(ts)
+    direct = score_ald(
+        net.x0_prior, op, y.repeat(n, 1, 1, 1), data_sigmas(ts), sigma_y=0.1, steps_per_level=8, generator=gen(11)
+    )
+    torch.testing.assert_close(x, direct, rtol=0, atol=1e-8)
     r = posterior_report(x, mean, cov)
-    assert r["mean_err_max_se"] < 5.0 and r["mean_err_rms_se"] < 2.0, r
+    assert r["mean_err_max_se"] < 7.0 and r["mean_err_rms_se"] < 3.0, r
     assert 0.9 < r["var_ratio_median"] < 1.1, r
     assert 0.6 < r["var_ratio_min"] and r["var_ratio_max"] < 1.4, r
 

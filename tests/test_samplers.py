@@ -338,7 +338,9 @@ def test_diffpir_is_the_reference_algorithm(op_kind):
         y_img = ((2 * y - op(torch.ones(1, *shape, dtype=F64))).reshape(2, -1) @ ridge.mT).reshape(2, *shape)
         xt = (math.sqrt(a_T) * y_img
               + math.sqrt(1 - a_T - a_T / a_y * (1 - a_y)) * randn((2, *shape), g, like=y))
-        tol = 1e-10 if op_kind == "svd" else 1e-5
+        # Conjugate gradients stop at a relative residual of 1e-6: at sigma_y = 0 the ridge is 1e-6 and the
+        # reflect blur's A A^T has eigenvalues near 0, so the start's error can be far larger (2e-4 here).
+        tol = 1e-10 if op_kind == "svd" else (1e-3 if sigma_y == 0 else 1e-5)
         torch.testing.assert_close(math.sqrt(a_T) * (2 * x_T - 1), xt, rtol=0, atol=tol)
         sigma_n = max(sigma_y, 0.001)
         for sigma, sigma_next in zip(LEVELS[:-1], LEVELS[1:]):
