@@ -153,7 +153,7 @@ def gaussian_case(name: str, op: Operator, n: int, seed: int, device: torch.devi
     # Reference: i.i.d. draws of the exact posterior, what a perfect sampler scores with n samples.
     z = torch.randn(n, mean.numel(), generator=torch.Generator().manual_seed(seed + 1), dtype=_F64)
     lam, Q = torch.linalg.eigh(cov)
-    exact = mean + (z * lam.clamp_min(0).sqrt()) @ Q.mT
+    exact = mean + z @ ((Q * lam.clamp_min(0).sqrt()) @ Q.mT)  # the symmetric root: the same draws on every CPU
     rows = [{"method": "exact", "steps": None, "nfe": None, "seconds": None, "note": "i.i.d. posterior draws",
              **gaussian_scores(exact, mean, cov)}]
 

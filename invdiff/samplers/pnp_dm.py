@@ -114,17 +114,17 @@ def pnp_dm(
     calls, 320 per sample (each chain returns its last ``x``), and ``decay = 0.7``, so that the coupling
     reaches the suite's ``rho_min = 0.05`` from 5 in 13 iterations and from the analytic priors' 16.7 in
     17, and the rest of the chain samples the exact x-marginal.  Measured on ``python -m benchmarks
-    posterior --quick``'s problems (8x8 Gaussian prior, ``sigma_y = 0.05``, 256 samples; the sampler's
-    seeds 0, 1 and 2, seed 0 being the committed run): mean errors
-    0.8-1.4 standard errors (rms), median variance ratios 0.96-1.02 and W2 0.054-0.080 (seed 0's exact
-    draws: 0.060-0.079) on inpainting, blur and downsampling; the bimodal split within 0.9 binomial
-    standard errors.  In closed form on ten 8x8 problems (random masks, images and noise; the worst pixel's
+    posterior --quick``'s problems (8x8 Gaussian prior, ``sigma_y = 0.05``, 256 samples, seed 0, the
+    committed run): mean errors 1.0-1.1 standard errors (rms), median variance ratios 0.99-1.0 and W2
+    0.059-0.076 (the exact draws': 0.055-0.076) on inpainting, blur and downsampling; the bimodal split
+    within 0.6 binomial standard errors.  In closed form on ten 8x8 problems (random masks, images and noise; the worst pixel's
     mean, in standard errors of 256 samples): blur within 0.26 after 40 iterations; inpainting 0.06-10 after
     40 (median 2.0) and 0-3.3 after 100 (nine of ten below 0.25), since inside a large hole each iteration
     moves ``x`` by about ``rho_min`` and the chain mixes slowly there (``tests/test_pnp_dm.py``); 6 inner
     steps give variance ratios of 0.92-0.93, 8 give 0.975-0.98.  Without an SVD (the same problems through
-    dense matrices, Langevin steps) the defaults give mean errors of 1.0-2.4 standard errors and ratios
-    0.94-1.10, and 100 iterations 0.8-1.4 and 0.89-0.98 (blur's 0.89: the single noise share).  The
+    dense matrices, Langevin steps) the defaults give mean errors of 1.1-4.5 standard errors (inpainting's
+    4.5: half the SVD path's ``rho_min``, so the hole mixes four times slower) and ratios 0.92-1.06, and
+    100 iterations 0.6-1.5 and 0.89-0.98 (blur's 0.89: the single noise share).  The
     start is the reference's batch sampler's ``x ~ N(0, I)`` on [-1, 1] (``PnPEDMBatch``): the data's
     middle plus half the data's range times ``n``.
 
