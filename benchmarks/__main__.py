@@ -34,11 +34,13 @@ def _steps(text: str) -> tuple[str, int]:
     return name, n
 
 
-def _mode(p: argparse.ArgumentParser, quick: str, full: str | None = None) -> None:
-    """``--quick`` (the default) / ``--full`` with what each runs, and ``--device``."""
+def _mode(p: argparse.ArgumentParser, quick: str, full: str | None = None, validation: str | None = None) -> None:
+    """``--quick`` (the default) / ``--full`` (/ ``--validation``) with what each runs, and ``--device``."""
     group = p.add_mutually_exclusive_group()
     group.add_argument("--quick", dest="mode", action="store_const", const="quick", help=f"{quick} (default)")
     group.add_argument("--full", dest="mode", action="store_const", const="full", help=full)
+    if validation is not None:
+        group.add_argument("--validation", dest="mode", action="store_const", const="validation", help=validation)
     p.set_defaults(mode="quick")
     p.add_argument("--device", default="cpu", type=_device, help="torch device, e.g. cpu or cuda (default cpu)")
 
@@ -127,7 +129,8 @@ def parser() -> argparse.ArgumentParser:
     _mode(rt, "256x256, 480x640 (gray and RGB), 600x800 RGB and 64x64 CT", "also 768x1024 gray and RGB")
     bli = sub.add_parser("blind", help="blind deblurring: estimated kernel and image against the true-kernel "
                                           "ceiling, a fixed Gaussian guess and L0 kernel estimation with BM3D")
-    _mode(bli, "camera and astronaut 192x192, 5 kernels, 2 noise levels", "3 photos 256x256, 3 noise levels")
+    _mode(bli, "camera and astronaut 192x192, 5 kernels, 2 noise levels", "3 photos 256x256, 3 noise levels",
+          "the cases the method was tuned on: 3 training photos 192x192, 2 other shakes, 2 noise levels")
     bli.add_argument("--seed", type=int, default=0, help="seed of the noise and the sampler (default 0)")
     cal = sub.add_parser("calibration", help="coverage of raw and calibrated 90 % intervals on held-out photos "
                                              "and phantoms, against the number of samples")

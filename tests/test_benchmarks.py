@@ -478,7 +478,7 @@ def test_blind_suite_runs_a_gray_and_a_colour_photo(tmp_path: Path, monkeypatch:
     monkeypatch.setattr(blind, "PLAN", {"full": ((("camera", 1), ("astronaut", 3)), 20, (0.02,))})
     monkeypatch.setattr(blind, "SIZE", 5)
     monkeypatch.setattr(blind, "STEPS", 2)
-    monkeypatch.setattr(blind, "kernels", lambda: {"gaussian 1": gaussian_kernel(1.0, 5)})
+    monkeypatch.setattr(blind, "kernels", lambda mode: {"gaussian 1": gaussian_kernel(1.0, 5)})
     monkeypatch.setattr(blind, "clock", lambda *a, **k: {})
     data = blind.run("full", log=lambda m: None)
 
@@ -491,3 +491,31 @@ def test_blind_suite_runs_a_gray_and_a_colour_photo(tmp_path: Path, monkeypatch:
     assert [s["cases"] for s in data["summary"]] == [2] * 4  # both photos in every Gaussian-family row
     md = (tmp_path / "blind.md").read_text()
     assert "| astronaut (rgb) | gaussian 1 | 0.02 |" in md and "--full" in md
+
+
+def test_blind_validation_mode_runs_the_tuning_cases_apart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--validation``: training photos and other shakes, the ceiling and the blind rows only, its own files."""
+    from benchmarks import blind
+
+    from invdiff.operators import motion_kernel
+
+    assert set(blind.kernels("validation")) == {"motion v20", "motion v21"}
+    assert not set(blind.PLAN["validation"][0]) & {(n, c) for n, c in blind.PLAN["quick"][0] + blind.PLAN["full"][0]}
+    assert blind.photo("rocket", 1, 40).shape == (1, 1, 40, 40)
+    monkeypatch.setattr(report, "RESULTS_DIR", tmp_path)
+    monkeypatch.setattr(report, "RESULTS_MD", tmp_path / "RESULTS.md")
+    monkeypatch.setattr(blind, "PLAN", {"validation": ((("rocket", 1),), 20, (0.02,))})
+    monkeypatch.setattr(blind, "SIZE", 5)
+    monkeypatch.setattr(blind, "STEPS", 2)
+    monkeypatch.setattr(blind, "kernels", lambda mode: {"motion v1": motion_kernel(5, 0.5)})
+
+    def no_clock(*a, **k):
+        raise AssertionError("the validation mode restores no clock")
+
+    monkeypatch.setattr(blind, "clock", no_clock)
+    data = blind.run("validation", log=lambda m: None)
+    assert {r["method"] for r in data["rows"]} == {"ceiling", "blind", "blind+em4"}
+    assert [s["method"] for s in data["summary"]] == ["blind+em4", "blind"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["RESULTS.md", "blind-validation.json", "blind-validation.md"]
+    md = (tmp_path / "blind-validation.md").read_text()
+    assert "--validation" in md and "| image | kernel | sigma_y | ceiling | blind+em4 | blind |" in md
