@@ -130,7 +130,8 @@ def parser() -> argparse.ArgumentParser:
     bli = sub.add_parser("blind", help="blind deblurring: estimated kernel and image against the true-kernel "
                                           "ceiling, a fixed Gaussian guess and L0 kernel estimation with BM3D")
     _mode(bli, "camera and astronaut 192x192, 5 kernels, 2 noise levels", "3 photos 256x256, 3 noise levels",
-          "the cases the method was tuned on: 3 training photos 192x192, 2 other shakes, 2 noise levels")
+          "the cases the EM rounds' start was chosen on: 3 training photos 192x192, 2 other shakes, 2 noise "
+          "levels")
     bli.add_argument("--seed", type=int, default=0, help="seed of the noise and the sampler (default 0)")
     cal = sub.add_parser("calibration", help="coverage of raw and calibrated 90 % intervals on held-out photos "
                                              "and phantoms, against the number of samples")
