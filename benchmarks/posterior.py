@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from invdiff import METHODS, restore
-from invdiff.exact import dense_matrix, gaussian_posterior, gmm_posterior, posterior_report
+from invdiff.exact import dense_matrix, gaussian_posterior, gmm_posterior, posterior_report, sqrtm_psd
 from invdiff.operators import Blur, Downsampling, Inpainting, Operator, gaussian_kernel, random_mask
 from invdiff.priors import GaussianMixturePrior, GaussianPrior, Prior
 
@@ -152,8 +152,7 @@ def gaussian_case(name: str, op: Operator, n: int, seed: int, device: torch.devi
 
     # Reference: i.i.d. draws of the exact posterior, what a perfect sampler scores with n samples.
     z = torch.randn(n, mean.numel(), generator=torch.Generator().manual_seed(seed + 1), dtype=_F64)
-    lam, Q = torch.linalg.eigh(cov)
-    exact = mean + z @ ((Q * lam.clamp_min(0).sqrt()) @ Q.mT)  # the symmetric root: the same draws on every CPU
+    exact = mean + z @ sqrtm_psd(cov)  # the symmetric root: the same draws on every CPU
     rows = [{"method": "exact", "steps": None, "nfe": None, "seconds": None, "note": "i.i.d. posterior draws",
              **gaussian_scores(exact, mean, cov)}]
 
@@ -223,8 +222,7 @@ def bimodal_case(op: Operator, n: int, seed: int, device: torch.device, steps: d
     z = torch.randn(n, means.shape[1], generator=gx, dtype=_F64)
     exact = torch.empty_like(z)
     for j in range(weights.numel()):
-        lam, Q = torch.linalg.eigh(covs[j])
-        exact[comp == j] = means[j] + (z[comp == j] * lam.clamp_min(0).sqrt()) @ Q.mT
+        exact[comp == j] = means[j] + z[comp == j] @ sqrtm_psd(covs[j])  # the symmetric root, as above
     rows = [{"method": "exact", "steps": None, "nfe": None, "seconds": None, "note": "i.i.d. posterior draws",
              **split(exact, weights, means, covs)}]
 

@@ -32,6 +32,7 @@ __all__ = [
     "gmm_posterior",
     "wasserstein2_gaussian",
     "posterior_report",
+    "sqrtm_psd",
 ]
 
 _F64 = torch.float64
@@ -150,8 +151,11 @@ def gmm_posterior(
     )
 
 
-def _sqrtm_psd(C: Tensor) -> Tensor:
-    """Symmetric square root of a PSD matrix (negative rounding eigenvalues set to 0)."""
+def sqrtm_psd(C: Tensor) -> Tensor:
+    """Symmetric square root ``(N, N)`` of a PSD matrix (negative rounding eigenvalues set to 0).
+
+    ``m + z @ sqrtm_psd(C)`` draws ``N(m, C)`` the same way whichever eigenvector signs ``eigh`` returns.
+    """
     lam, Q = torch.linalg.eigh(0.5 * (C + C.mT))
     return (Q * lam.clamp_min(0).sqrt()) @ Q.mT
 
@@ -172,7 +176,7 @@ def wasserstein2_gaussian(m1: Tensor, C1: Tensor, m2: Tensor, C2: Tensor) -> flo
             f"shapes do not match: means {n} and {m2.numel()} entries, covariances "
             f"{tuple(C1.shape)} and {tuple(C2.shape)}; need (N,), (N, N) twice"
         )
-    r1 = _sqrtm_psd(C1)
+    r1 = sqrtm_psd(C1)
     cross = torch.linalg.eigvalsh(0.5 * ((r1 @ C2 @ r1) + (r1 @ C2 @ r1).mT)).clamp_min(0).sqrt().sum()
     w2sq = ((m1 - m2) ** 2).sum() + torch.trace(C1) + torch.trace(C2) - 2 * cross
     return math.sqrt(max(w2sq.item(), 0.0))

@@ -290,7 +290,8 @@ class GaussianPrior(Prior):
         covariance's do): a seed gives the same images on every machine, up to rounding.
         """
         z = _draw(n, self.n, generator, self.mean.device)
-        x = self.mean + (z * self.eigvals.sqrt() if self.eigvecs is None else z @ _root(self.eigvals, self.eigvecs))
+        lam, Q = self.eigvals.to(z), None if self.eigvecs is None else self.eigvecs.to(z)
+        x = self.mean.to(z) + (z * lam.sqrt() if Q is None else z @ _root(lam, Q))
         return x.reshape(n, *self.shape).to(dtype or torch.get_default_dtype())
 
     def extra_repr(self) -> str:
@@ -424,14 +425,16 @@ class GaussianMixturePrior(Prior):
         gen_device = generator.device if generator is not None else device
         k = torch.multinomial(self.weights.to(gen_device), n, replacement=True, generator=generator).to(device)
         z = _draw(n, self.n, generator, device)
+        means, lam = self.means.to(z), self.eigvals.to(z)
         if self.eigvecs is None:
-            x = self.means[k] + z * self.eigvals[k].sqrt()
+            x = means[k] + z * lam[k].sqrt()
         else:
+            Q = self.eigvecs.to(z)
             x = torch.empty_like(z)
             for j in range(self.weights.shape[0]):  # one matrix product per component
                 sel = k == j
                 if sel.any():
-                    x[sel] = self.means[j] + z[sel] @ _root(self.eigvals[j], self.eigvecs[j])
+                    x[sel] = means[j] + z[sel] @ _root(lam[j], Q[j])
         return x.reshape(n, *self.shape).to(dtype or torch.get_default_dtype())
 
     def extra_repr(self) -> str:

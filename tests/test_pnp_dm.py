@@ -198,7 +198,8 @@ def test_the_chain_law_in_closed_form_is_what_the_sampler_draws():
 def chain_problem(name: str, k: int):
     """Problem ``k`` of ten on 8x8 like the posterior suite's: ``(prior, A, y, exact mean, exact variances)``.
 
-    Inpainting draws its mask, image and noise from seeds ``1, 2, 3 + 10 k``; blur its image and noise.
+    Inpainting draws its mask, image and noise from seeds ``1 + 10 k``, ``2 + 10 k`` and ``3 + 10 k``; blur its
+    image and noise from the last two.
     """
     shape = (1, 8, 8)
     prior = GaussianPrior.smooth(shape)
@@ -217,7 +218,7 @@ def test_the_chain_law_at_the_defaults_is_the_posterior(name):
     the worst pixel in standard errors of 256 samples, at the default 40 iterations and at 100.
 
     Inpainting measured (40 iterations): 0.06, 0.19, 0.42, 1.21, 1.88, 2.21, 2.43, 2.79, 5.37, 10.1; at 100
-    all but problem 7 below 0.25, problem 7 (a 38-pixel hole) 3.3.  Blur: at most 0.26 at 40.
+    all but problem 7 below 0.25, problem 7 (a 38-pixel hole) 3.3.  Blur: at most 0.26 at 40, 0.04 at 100.
     """
 
     def law(prior, A, y, mean, v, steps=STEPS, **kw):
@@ -233,7 +234,7 @@ def test_the_chain_law_at_the_defaults_is_the_posterior(name):
         bias_100.append(law(*problem_k, steps=100)[1])
     assert all(0.96 < r < 1.0 for r in ratios), ratios
     if name == "blur":
-        assert max(bias) < 0.5, bias
+        assert max(bias) < 0.5 and max(bias_100) < 0.1, (bias, bias_100)
     else:
         # The chain mixes slowly inside a large hole: the error at 40 iterations spans two decades.
         assert sorted(bias)[4] < 2.5 and max(bias) < 11.0, bias
