@@ -64,6 +64,10 @@ class Result:
             (``"gaussian"``, ``"line"``, ``"classical"`` or one of its variants
             ``"classical-iters"``, ``"classical-gamma"``, ``"em1"``... or ``"init"``; see
             ``invdiff.blind.estimate_blind``); ``None`` for every other operator.
+        kernel_candidates: for ``op=BlindBlur(...)``, per image, every kernel the choice weighed, as
+            ``(label, kernel (K, K), score)``: the score is ``SpectralModel.nll`` plus the penalty for
+            a free-form kernel's pixels, and the least score won (``kernel_choice``); ``None`` for
+            every other operator.
         calibration: the :class:`~invdiff.intervals.Calibration` ``restore`` was given, which
             :meth:`interval` then applies; ``None`` for raw sample intervals.
         sigma_max: the first noise level of the schedule the sampler ran.
@@ -83,6 +87,7 @@ class Result:
     sigma_y: float | None = None
     kernel: Tensor | None = None
     kernel_choice: list[str] | None = None
+    kernel_candidates: list[list[tuple[str, Tensor, float]]] | None = None
     calibration: Calibration | None = None
     sigma_max: float | None = None
 
@@ -576,6 +581,7 @@ def _restore_blind(
     top = size - 1 - size // 2
     means, stds, draws, kernels, nfe, last = [], [], [], [], 0, None
     choices: list[str] = []
+    weighed: list[list[tuple[str, Tensor, float]]] = []
     for i in range(b):
         yi = y[i : i + 1]
 
@@ -586,6 +592,7 @@ def _restore_blind(
 
         k, candidates, em = estimate_blind(yi, blind, run, float(sigma_y))
         choices.append(next(label for label, kc, _ in candidates if kc is k))
+        weighed.append([(label, kc.to(y.device), float(score)) for label, kc, score in candidates])
         last = run(Blur(k.to(y.device), padding="valid"), samples, steps)
         nfe += last.nfe + (em.nfe * blind.em_iters if em is not None else 0)
 
@@ -601,5 +608,5 @@ def _restore_blind(
         mean=torch.cat(means), std=torch.cat(stds), samples=torch.cat(draws, dim=1), nfe=nfe,
         seconds=time.perf_counter() - start, method=method, steps=last.steps, knobs=last.knobs, dtype=last.dtype,
         network_dtype=last.network_dtype, padded=last.padded, sigma_y=last.sigma_y, kernel=torch.stack(kernels),
-        kernel_choice=choices,
+        kernel_choice=choices, kernel_candidates=weighed,
     )

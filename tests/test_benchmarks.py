@@ -514,8 +514,13 @@ def test_blind_validation_mode_runs_the_tuning_cases_apart(tmp_path: Path, monke
 
     monkeypatch.setattr(blind, "clock", no_clock)
     data = blind.run("validation", log=lambda m: None)
-    assert {r["method"] for r in data["rows"]} == {"ceiling", "blind", "blind+em4"}
-    assert [s["method"] for s in data["summary"]] == ["blind+em4", "blind"]
+    assert {r["method"] for r in data["rows"]} == {"ceiling", "blind", "blind+em4", "hindsight"}
+    assert [s["method"] for s in data["summary"]] == ["blind+em4", "hindsight", "blind"]
+    (hind,) = [r for r in data["rows"] if r["method"] == "hindsight"]
+    (em,) = [r for r in data["rows"] if r["method"] == "blind+em4"]
+    best = max(hind["candidates"], key=lambda c: c["psnr"])
+    assert hind["choice"] == best["label"] and hind["psnr"] == best["psnr"] >= em["psnr"] - 1e-9
+    assert em["choice"] == min(hind["candidates"], key=lambda c: c["score"])["label"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["RESULTS.md", "blind-validation.json", "blind-validation.md"]
     md = (tmp_path / "blind-validation.md").read_text()
-    assert "--validation" in md and "| image | kernel | sigma_y | ceiling | blind+em4 | blind |" in md
+    assert "--validation" in md and "| image | kernel | sigma_y | ceiling | blind+em4 | hindsight | blind |" in md

@@ -219,6 +219,11 @@ def test_restore_blind_returns_the_photo_and_its_kernel():
     assert res.nfe >= 2 * 3  # the E-step run and the final run, per image
     labels = {"gaussian", "line", "em1", *(label for label, _ in CLASSICAL_VARIANTS)}
     assert len(res.kernel_choice) == 2 and set(res.kernel_choice) <= labels
+    assert len(res.kernel_candidates) == 2
+    for i, weighed in enumerate(res.kernel_candidates):  # every kernel weighed, the least score chosen
+        assert {label for label, _, _ in weighed} == labels
+        label, k, _ = min(weighed, key=lambda c: c[2])
+        assert label == res.kernel_choice[i] and torch.equal(k, res.kernel[i]) and k.shape == (9, 9)
     # a given start with no EM rounds is returned as it is
     res0 = invdiff.restore(y, BlindBlur(9, init=kernel, em_iters=0), prior, method="diffpir", steps=2, sigma_y=0.01)
     assert torch.allclose(res0.kernel[0], kernel / kernel.sum())
