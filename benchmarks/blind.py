@@ -53,7 +53,7 @@ import torch.nn.functional as F
 
 import invdiff
 from invdiff.blind import classical_kernel, gaussian_family, kernel_ncc
-from invdiff.datasets import TEST_IMAGES, load_test_image, skimage_image
+from invdiff.datasets import TEST_IMAGES, load_test_image, photo_crop
 from invdiff.metrics import psnr, ssim
 from invdiff.operators import BlindBlur, Blur, gaussian_kernel, motion_kernel
 
@@ -95,11 +95,7 @@ def kernels(mode: str = "quick") -> dict[str, torch.Tensor]:
 
 def photo(name: str, channels: int, size: int) -> torch.Tensor:
     """A centred ``size`` crop ``(1, C, size, size)``: a held-out test image, or (validation) a bundled photo."""
-    if name in TEST_IMAGES:
-        return load_test_image(name, channels, size=size)
-    img = skimage_image(name, channels)
-    top, left = (img.shape[0] - size) // 2, (img.shape[1] - size) // 2
-    return torch.from_numpy(img[top : top + size, left : left + size]).permute(2, 0, 1)[None].contiguous()
+    return load_test_image(name, channels, size=size) if name in TEST_IMAGES else photo_crop(name, channels, size)
 
 
 def result_name(mode: str) -> str:

@@ -56,6 +56,14 @@ def load_test_image(name: str, channels: int = 1, size: int | None = None) -> Te
     """A held-out test image as ``(1, C, H, W)`` in [0, 1]; ``size`` takes a centred square crop."""
     if name not in TEST_IMAGES:
         raise ValueError(f"unknown test image {name!r}; choose one of {TEST_IMAGES}")
+    return photo_crop(name, channels, size)
+
+
+def photo_crop(name: str, channels: int = 1, size: int | None = None) -> Tensor:
+    """Any bundled scikit-image photo as ``(1, C, H, W)`` in [0, 1]; ``size`` takes a centred square crop.
+
+    Held out or not: ``load_test_image`` is the held-out images' door; validation runs on training photos.
+    """
     img = skimage_image(name, channels)
     if size is not None:
         h, w = img.shape[:2]

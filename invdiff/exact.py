@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from .priors import GaussianMixturePrior, GaussianPrior
+from .priors.analytic import _root
 
 __all__ = [
     "dense_matrix",
@@ -157,7 +158,7 @@ def sqrtm_psd(C: Tensor) -> Tensor:
     ``m + z @ sqrtm_psd(C)`` draws ``N(m, C)`` the same way whichever eigenvector signs ``eigh`` returns.
     """
     lam, Q = torch.linalg.eigh(0.5 * (C + C.mT))
-    return (Q * lam.clamp_min(0).sqrt()) @ Q.mT
+    return _root(lam, Q)  # the priors' draws use the same root
 
 
 def wasserstein2_gaussian(m1: Tensor, C1: Tensor, m2: Tensor, C2: Tensor) -> float:

@@ -592,7 +592,7 @@ def _restore_blind(
 
         k, candidates, em = estimate_blind(yi, blind, run, float(sigma_y))
         choices.append(next(label for label, kc, _ in candidates if kc is k))
-        weighed.append([(label, kc.to(y.device), float(score)) for label, kc, score in candidates])
+        weighed.append(candidates)  # (label, kernel on y's device, score), as estimate_blind weighed them
         last = run(Blur(k.to(y.device), padding="valid"), samples, steps)
         nfe += last.nfe + (em.nfe * blind.em_iters if em is not None else 0)
 
