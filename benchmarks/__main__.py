@@ -133,7 +133,7 @@ def parser() -> argparse.ArgumentParser:
           "the cases the EM rounds' start was chosen on: 3 training photos 192x192, 2 other shakes, 2 noise "
           "levels")
     bli.add_argument("--seed", type=int, default=0, help="seed of the noise and the sampler (default 0)")
-    cal = sub.add_parser("calibration", help="coverage of raw and calibrated 90 % intervals on held-out photos "
+    cal = sub.add_parser("calibration", help="coverage of raw and calibrated 90 %% intervals on held-out photos "
                                              "and phantoms, against the number of samples")
     _mode(cal, "30 crops per photo, 100 phantoms, DDRM, 8 samples",
           "60 crops per photo, 150 phantoms, DDRM, PnP-DM and PiGDM, 16 samples")

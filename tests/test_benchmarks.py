@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import sys
@@ -524,3 +525,17 @@ def test_blind_validation_mode_runs_the_tuning_cases_apart(tmp_path: Path, monke
     assert sorted(p.name for p in tmp_path.iterdir()) == ["RESULTS.md", "blind-validation.json", "blind-validation.md"]
     md = (tmp_path / "blind-validation.md").read_text()
     assert "--validation" in md and "| image | kernel | sigma_y | ceiling | blind+em4 | hindsight | blind |" in md
+
+
+def test_every_benchmark_s_help_renders(capsys: pytest.CaptureFixture[str]) -> None:
+    """``python -m benchmarks --help`` and each suite's ``--help`` print and exit 0 (a bare ``%`` in a help text
+    made argparse raise instead)."""
+    from benchmarks.__main__ import main, parser
+
+    names = list(next(a for a in parser()._actions if isinstance(a, argparse._SubParsersAction)).choices)
+    assert "blind" in names and "calibration" in names
+    for argv in (["--help"], *([n, "--help"] for n in names)):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 0, argv
+        assert "usage:" in capsys.readouterr().out
