@@ -307,6 +307,11 @@ def markdown(data: dict[str, Any]) -> str:
             f"{by[m]['psnr']:.2f} / {by[m]['ssim']:.3f}" + ("" if m == "ceiling" else f" ({by[m]['kernel_ncc']:.2f})")
             for m in methods])  # fmt: skip
     lines.append(report.markdown_table(["image", "kernel", "sigma_y", *methods], table))
+    if "hindsight" in present:
+        lines += ["", "`hindsight`: every kernel `blind+em4` weighed (`Result.kernel_candidates`), each run non-blind "
+                      "and scored against the truth, the best of them: what a perfect choice among the candidates "
+                      "would reach (its seconds are those runs'). The gap between it and `blind+em4` is the choice's "
+                      "own loss; the gap between it and the ceiling is the candidates'."]  # fmt: skip
     if data.get("clock"):
         c = data["clock"]
         lines += ["", f"A real blurred photo without ground truth, scikit-image's `clock_motion.png`, restored blind "
