@@ -12,7 +12,9 @@ from skimage import data
 import invdiff
 from invdiff.blind import (
     CLASSICAL_VARIANTS,
+    EM_MARGIN,
     arc_kernel,
+    choose,
     centre_kernel,
     classical_kernel,
     clean_kernel,
@@ -142,7 +144,7 @@ def test_spectral_model_takes_colour_at_its_channels_noise():
     assert kernel_ncc(model.fit_gaussian(15)[0], kernel) > 0.95
 
 
-def test_estimate_blind_returns_the_candidate_of_least_score(monkeypatch):
+def test_estimate_blind_returns_the_chosen_candidate(monkeypatch):
     kernel = gaussian_kernel(1.5, 15)
     _, y = _blurred(kernel, 120)
     prior = invdiff.priors.load_prior("natural-gray")
@@ -150,7 +152,8 @@ def test_estimate_blind_returns_the_candidate_of_least_score(monkeypatch):
 
     def run(op):
         started.append(op.kernel.detach().cpu().reshape(15, 15))
-        return invdiff.restore(y, op, prior, method="diffpir", steps=2, sigma_y=0.01)
+        # E-steps of 20 steps as in use: a 2-step sample's round came within EM_MARGIN of the Gaussian fit at NCC 0.95
+        return invdiff.restore(y, op, prior, method="diffpir", steps=20, sigma_y=0.01)
 
     k, candidates, res = estimate_blind(y, BlindBlur(15, em_iters=1), run, 0.01)
     # EM started from the spectral arc, turned towards the classical estimate of best score
@@ -160,7 +163,7 @@ def test_estimate_blind_returns_the_candidate_of_least_score(monkeypatch):
     classical = [label for label, _ in CLASSICAL_VARIANTS]
     assert classical[0] == "classical" and len(set(classical)) == len(classical) > 1
     assert [c[0] for c in candidates] == ["gaussian", "line", *classical, "em1"] and res is not None
-    assert torch.equal(k, min(candidates, key=lambda c: c[2])[1])
+    assert torch.equal(k, choose(candidates)[1])
     assert kernel_ncc(k, kernel) > 0.97
     # every score is the kernel's spectral NLL plus the charge for its free parameters
     for label, kernel_c, score in candidates:
@@ -180,6 +183,28 @@ def test_estimate_blind_returns_the_candidate_of_least_score(monkeypatch):
     monkeypatch.setattr(SpectralModel, "fit_arc", lambda *a: pytest.fail("fit_arc without EM rounds"))
     _, no_em, none = estimate_blind(y, BlindBlur(15, em_iters=0), run, 0.01)
     assert [c[0] for c in no_em] == ["gaussian", "line", *classical] and none is None
+
+
+def test_choose_takes_the_least_score_unless_an_em_round_sits_within_the_margin():
+    k = {n: torch.full((3, 3), float(i)) for i, n in enumerate(("gaussian", "line", "classical", "em1", "em2"))}
+
+    def cands(scores):
+        return [(n, k[n], s) for n, s in scores.items()]
+
+    fits = {"gaussian": -8.00, "line": -7.99, "classical": -7.90}
+    assert choose(cands(fits))[0] == "gaussian"  # no rounds: the least score
+    near = cands({**fits, "em1": -7.985, "em2": -7.99})  # both rounds within EM_MARGIN of the least score
+    assert EM_MARGIN == 0.02 and choose(near)[0] == "em2"  # the better round
+    assert choose(near)[1] is k["em2"]
+    assert choose(near, margin=0.0)[0] == "gaussian"
+    far = cands({**fits, "em1": -7.97, "em2": -7.95})  # 0.03 above: the fit stays
+    assert choose(far)[0] == "gaussian" and choose(far, margin=0.05)[0] == "em1"
+    best_round = cands({**fits, "em1": -8.1})
+    assert choose(best_round)[0] == "em1"
+    init = [("init", k["line"], -8.0), ("em1", k["em1"], -7.99)]  # a given start and its round
+    assert choose(init)[0] == "em1" and choose(init, margin=0.005)[0] == "init"
+    with pytest.raises(ValueError, match="no kernel candidates"):
+        choose([])
 
 
 def test_salient_edges_keep_a_lone_edge_and_drop_thin_stripes():
@@ -220,9 +245,9 @@ def test_restore_blind_returns_the_photo_and_its_kernel():
     labels = {"gaussian", "line", "em1", *(label for label, _ in CLASSICAL_VARIANTS)}
     assert len(res.kernel_choice) == 2 and set(res.kernel_choice) <= labels
     assert len(res.kernel_candidates) == 2
-    for i, weighed in enumerate(res.kernel_candidates):  # every kernel weighed, the least score chosen
+    for i, weighed in enumerate(res.kernel_candidates):  # every kernel weighed, and the one choose() takes
         assert {label for label, _, _ in weighed} == labels
-        label, k, _ = min(weighed, key=lambda c: c[2])
+        label, k, _ = choose(weighed)
         assert label == res.kernel_choice[i] and torch.equal(k, res.kernel[i]) and k.shape == (9, 9)
     # a given start with no EM rounds is returned as it is
     res0 = invdiff.restore(y, BlindBlur(9, init=kernel, em_iters=0), prior, method="diffpir", steps=2, sigma_y=0.01)
