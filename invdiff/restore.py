@@ -66,8 +66,8 @@ class Result:
             ``invdiff.blind.estimate_blind``); ``None`` for every other operator.
         kernel_candidates: for ``op=BlindBlur(...)``, per image, every kernel the choice weighed, as
             ``(label, kernel (K, K), score)``: the score is ``SpectralModel.nll`` plus the penalty for
-            a free-form kernel's pixels; ``invdiff.blind.choose`` took ``kernel_choice`` (the least score,
-            or the best EM round within ``invdiff.blind.EM_MARGIN`` of it); ``None`` for
+            a free-form kernel's pixels; ``invdiff.blind.choose`` took ``kernel_choice`` (the least score);
+            ``None`` for
             every other operator.
         calibration: the :class:`~invdiff.intervals.Calibration` ``restore`` was given, which
             :meth:`interval` then applies; ``None`` for raw sample intervals.
