@@ -730,7 +730,7 @@ def choose(candidates: list[tuple[str, Tensor, float]], margin: float = EM_MARGI
     - On the held-out ``blind --quick`` cases, 0.02 took the camera shakes from -2.42 to -2.68 dB
       (worst -3.37 -> -4.16; the short straight shake's line fit gave way to rounds 0.5-1.2 dB
       worse in three of its four cases) and the Gaussians from -0.38 to -0.33 (worst -1.42 ->
-      -0.96, rounds won 8 of 12 choices, from -0.99 to +0.60 dB against the fit).
+      -0.96; the result moved in 10 of 12, from -0.99 to +0.60 dB against the fit).
     """
     if not candidates:
         raise ValueError("no kernel candidates to choose from")
