@@ -180,7 +180,8 @@ def run(mode: str = "quick", device: str = "cpu", seed: int = 0, log=print) -> d
                 if "hindsight" in methods:  # every candidate of the last blind row, run with the truth in view
                     t, best = time.perf_counter(), None
                     for cand, kc, score in r.kernel_candidates[0]:
-                        est, _ = nonblind(kc)
+                        # the chosen kernel's non-blind run is blind+em4's final run (same sampler, seed and crop)
+                        est = out["blind+em4"][0] if cand == choice["blind+em4"] else nonblind(kc)[0]
                         p = aligned(est, truth)["psnr"]
                         weighed.append({"label": cand, "score": score, "kernel_ncc": kernel_ncc(kc, k), "psnr": p})
                         if best is None or p > best[0]:

@@ -67,8 +67,7 @@ class Result:
         kernel_candidates: for ``op=BlindBlur(...)``, per image, every kernel the choice weighed, as
             ``(label, kernel (K, K), score)``: the score is ``SpectralModel.nll`` plus the penalty for
             a free-form kernel's pixels; ``invdiff.blind.choose`` took ``kernel_choice`` (the least score);
-            ``None`` for
-            every other operator.
+            ``None`` for every other operator.
         calibration: the :class:`~invdiff.intervals.Calibration` ``restore`` was given, which
             :meth:`interval` then applies; ``None`` for raw sample intervals.
         sigma_max: the first noise level of the schedule the sampler ran.
