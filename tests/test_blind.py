@@ -14,6 +14,7 @@ from invdiff.blind import (
     CLASSICAL_VARIANTS,
     EM_MARGIN,
     arc_kernel,
+    bend_kernel,
     choose,
     centre_kernel,
     classical_kernel,
@@ -113,6 +114,26 @@ def test_spectral_model_fits_a_bent_shake_up_to_its_reflection():
     assert kernel_ncc(orient(k, flipped), kernel) < 0.8
 
 
+def test_bend_kernel_is_the_arc_without_a_bend_and_fits_a_v_shaped_shake():
+    t = torch.arange(21, dtype=torch.float64) - 10
+    args = (torch.tensor(14.0), torch.tensor(0.4), torch.tensor(0.3), torch.tensor(0.6))
+    assert torch.allclose(bend_kernel(t, *args, torch.tensor(0.0), torch.tensor(0.1)), arc_kernel(t, *args))
+    # a V: two strokes of 8 pixels at right angles (a turn of pi / 2 in the middle)
+    kernel = bend_kernel(t, torch.tensor(16.0), torch.tensor(0.3), torch.tensor(0.0), torch.tensor(0.6),
+                         torch.tensor(math.pi / 2), torch.tensor(0.0)).float()  # fmt: skip
+    assert abs(float(kernel.sum()) - 1) < 1e-6 and kernel.min() >= 0
+    _, y = _blurred(kernel, 160)
+    model = SpectralModel(y[0], 0.01)
+    arc, arc_nll = model.fit_arc(21)
+    k, nll = model.fit_bend(21)
+    assert k.shape == (21, 21) and k.min() >= 0 and abs(float(k.sum()) - 1) < 1e-5
+    assert abs(nll - model.nll(k)) < 1e-3
+    assert nll < arc_nll - model.penalty(2)  # the corner explains the spectrum beyond its two parameters
+    flipped = centre_kernel(k.flip(-2, -1))
+    assert max(kernel_ncc(k, kernel), kernel_ncc(flipped, kernel)) > 0.9  # up to the point reflection
+    assert max(kernel_ncc(arc, kernel), kernel_ncc(centre_kernel(arc.flip(-2, -1)), kernel)) < 0.9
+
+
 def test_spectral_model_finds_no_blur_in_a_sharp_photo():
     sharp = _camera(160, 100, 100) + 0.01 * torch.randn(1, 1, 160, 160, generator=torch.Generator().manual_seed(0))
     k, _ = SpectralModel(sharp[0], 0.01).fit_gaussian(15)
@@ -155,10 +176,10 @@ def test_estimate_blind_returns_the_chosen_candidate(monkeypatch):
         return invdiff.restore(y, op, prior, method="diffpir", steps=2, sigma_y=0.01)
 
     k, candidates, res = estimate_blind(y, BlindBlur(15, em_iters=1), run, 0.01)
-    # EM started from the spectral arc, turned towards the classical estimate of best score
+    # EM started from the spectral (bent) arc, turned towards the classical estimate of best score
     model = SpectralModel(y[0], 0.01)
     best_classical = min((c for c in candidates if c[0].startswith("classical")), key=lambda c: c[2])[1]
-    assert len(started) == 1 and torch.allclose(started[0], orient(model.fit_arc(15)[0], best_classical), atol=1e-6)
+    assert len(started) == 1 and torch.allclose(started[0], orient(model.fit_bend(15)[0], best_classical), atol=1e-6)
     classical = [label for label, _ in CLASSICAL_VARIANTS]
     assert classical[0] == "classical" and len(set(classical)) == len(classical) > 1
     assert [c[0] for c in candidates] == ["gaussian", "line", *classical, "em1"] and res is not None
@@ -179,7 +200,7 @@ def test_estimate_blind_returns_the_chosen_candidate(monkeypatch):
     assert [c[0] for c in with_em] == ["init", "em1"]
     assert torch.allclose(started[-1], init / init.sum())  # a given start starts EM
     # without EM rounds the arc, which only starts them, is not fitted
-    monkeypatch.setattr(SpectralModel, "fit_arc", lambda *a: pytest.fail("fit_arc without EM rounds"))
+    monkeypatch.setattr(SpectralModel, "_fit_arc", lambda *a: pytest.fail("an arc fitted without EM rounds"))
     _, no_em, none = estimate_blind(y, BlindBlur(15, em_iters=0), run, 0.01)
     assert [c[0] for c in no_em] == ["gaussian", "line", *classical] and none is None
 
