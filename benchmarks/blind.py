@@ -17,7 +17,7 @@ true noise level) and is scored on the blurry file's region:
   marginal likelihood, then the sampler (no diffusion in the kernel's estimate);
 * ``blind+em4``: the default, ``BlindBlur(31)``: the same candidates and four EM
   rounds (a posterior sample given the kernel, the kernel given the sample) from
-  the spectral arc fit turned towards the classical start, the candidate of
+  the spectral (bent) arc fit turned towards the classical start, the candidate of
   highest marginal likelihood, then the final run;
 * ``classical``: the coarse-to-fine L0 kernel estimate alone (``classical_kernel``,
   written from Xu et al. 2013 / Pan et al. 2014) with BM3D deblurring of the
@@ -25,7 +25,7 @@ true noise level) and is scored on the blurry file's region:
   without the ``bm3d`` package).
 
 ``--validation`` runs, instead, the cases the EM rounds' start (the oriented
-arc) was chosen on: three of the prior's training photos (``rocket``,
+arc, then its bent form) was chosen on: three of the prior's training photos (``rocket``,
 ``chelsea``, ``stereo_motorcycle``) in gray at 192x192, two other camera shakes
 (seeds 20 and 21) and noise 0.01 and 0.03; only the ceiling, the two blind
 rows and ``hindsight``: every kernel ``blind+em4`` weighed (``Result.kernel_candidates``),
