@@ -534,8 +534,8 @@ def arc_kernel(t: Tensor, length: Tensor, theta: Tensor, turn: Tensor, width: Te
     (angle 0 runs down the rows, as ``fit_line``'s), the points' mean at the middle.
     Differentiable in every parameter, for ``SpectralModel.fit_arc``.
     """
-    s = (torch.arange(ARC_POINTS, dtype=t.dtype, device=t.device) + 0.5) / ARC_POINTS - 0.5
-    return _path_kernel(t, theta + turn * s, length, width)
+    zero = torch.zeros((), dtype=t.dtype, device=t.device)
+    return bend_kernel(t, length, theta, turn, width, zero, zero)
 
 
 #: how far the bend of ``bend_kernel`` may sit from the path's middle (a fraction of its length)
@@ -554,11 +554,7 @@ def bend_kernel(
     Differentiable in every parameter, for ``SpectralModel.fit_bend``.
     """
     s = (torch.arange(ARC_POINTS, dtype=t.dtype, device=t.device) + 0.5) / ARC_POINTS - 0.5
-    return _path_kernel(t, theta + turn * s + bend * torch.sigmoid((s - at) / BEND_SHARPNESS), length, width)
-
-
-def _path_kernel(t: Tensor, phi: Tensor, length: Tensor, width: Tensor) -> Tensor:
-    """Gaussians of std ``width`` at ``ARC_POINTS`` equal steps of a path of ``length`` with directions ``phi``."""
+    phi = theta + turn * s + bend * torch.sigmoid((s - at) / BEND_SHARPNESS)
     step = length / ARC_POINTS
     ry, rx = torch.cumsum(torch.cos(phi) * step, 0), torch.cumsum(torch.sin(phi) * step, 0)
     ry, rx = ry - ry.mean(), rx - rx.mean()
