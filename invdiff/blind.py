@@ -750,7 +750,6 @@ def estimate_blind(
     yc = y[0].detach().float().cpu()  # the kernel's maths runs on the CPU (small dense solves, scipy fits)
     model = SpectralModel(yc, sigma_y)
     candidates: list[tuple[str, Tensor, float]] = []
-    reflection: Tensor | None = None  # EM's start turned the other way, when that is a different kernel
 
     def add(label: str, kernel: Tensor, dof: int) -> None:
         candidates.append((label, kernel.to(y.device), model.nll(kernel) + model.penalty(dof)))
@@ -769,35 +768,13 @@ def estimate_blind(
             # the classical estimate the spectrum likes best (the arc's phase) correlates with
             classical = min((c for c in candidates if c[0].startswith("classical")), key=lambda c: c[2])[1].cpu()
             k = orient(model.fit_bend(size)[0], classical)
-            reflected = centre_kernel(k.flip(-2, -1))
-            if kernel_ncc(k, reflected) < SYMMETRIC_NCC:
-                reflection = reflected
-    res, side = None, ""
+    res = None
     for i in range(blind.em_iters):
         res = run(Blur(k.to(y.device), padding="valid"))
-        k, dof = _m_step(res, yc, size)
-        add(f"em{i + 1}{side}", k, dof)
-        if i == 0 and reflection is not None:
-            # one round from the start's point reflection, which the spectrum cannot tell from the start; the
-            # rounds go on from the side whose first round scores better
-            res_r = run(Blur(reflection.to(y.device), padding="valid"))
-            k_r, dof_r = _m_step(res_r, yc, size)
-            add(f"em1{REFLECTED}", k_r, dof_r)
-            if candidates[-1][2] < candidates[-2][2]:
-                k, res, side = k_r, res_r, REFLECTED
+        x = res.samples[0, 0].detach().float().cpu()  # a posterior sample of the image (larger than y by K - 1)
+        k, dof = _snap(centre_kernel(clean_kernel(estimate_kernel(x, yc, size))))
+        add(f"em{i + 1}", k, dof)
     return choose(candidates)[1], candidates, res
-
-
-#: ``kernel_ncc`` of EM's start with its point reflection at or above which the reflection is not tried
-SYMMETRIC_NCC = 0.99
-#: the label suffix of EM rounds that went on from the start's point reflection
-REFLECTED = "-reflected"
-
-
-def _m_step(res: Any, y: Tensor, size: int) -> tuple[Tensor, int]:
-    """The kernel given an E-step's posterior sample (larger than ``y`` by ``size - 1``), snapped, and its free parameters."""
-    x = res.samples[0, 0].detach().float().cpu()
-    return _snap(centre_kernel(clean_kernel(estimate_kernel(x, y, size))))
 
 
 #: how far (in ``SpectralModel.nll``'s per-value units) an EM round's score may sit above the least score and

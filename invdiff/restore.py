@@ -594,7 +594,7 @@ def _restore_blind(
         choices.append(next(label for label, kc, _ in candidates if kc is k))
         weighed.append(candidates)  # (label, kernel on y's device, score), as estimate_blind weighed them
         last = run(Blur(k.to(y.device), padding="valid"), samples, steps)
-        nfe += last.nfe + (em.nfe * sum(c[0].startswith("em") for c in candidates) if em is not None else 0)  # the E-steps
+        nfe += last.nfe + (em.nfe * blind.em_iters if em is not None else 0)
 
         def region(t: Tensor) -> Tensor:
             return t[..., top : top + h, top : top + w]
