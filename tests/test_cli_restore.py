@@ -278,10 +278,35 @@ def test_progress_lines_without_a_terminal(folder, tmp_path, monkeypatch):
             "--samples", "1")
     assert r.exit_code == 0, r.output
     lines = [ln for ln in r.output.splitlines() if ln.startswith("image ")]
-    assert "image 1/2, step 1/3:" in lines[0] and "s left" in lines[0]
+    # a file's first step has no pace yet: the time elapsed only; later steps say the time left
+    assert "image 1/2, step 1/3:" in lines[0] and "s elapsed" in lines[0] and "s left" not in lines[0]
+    assert any(ln.startswith("image 1/2, step 2/3:") and "s left" in ln for ln in lines)
     assert any(ln.startswith("image 2/2, step 3/3:") for ln in lines)
     quiet = run(folder, "--task", "inpaint", "--random-mask", "0.5", "-o", tmp_path / "q", *FAST)
     assert not any(ln.startswith("image ") for ln in quiet.output.splitlines())
+
+
+def test_time_left_ignores_the_time_before_a_files_first_step(monkeypatch):
+    """A blind deblur fits kernels for minutes before its first step: the pace counts from that step."""
+    import invdiff.cli.commands as cli_app
+
+    monkeypatch.setattr(cli_app, "PROGRESS_EVERY", 0.0)
+    lines, now = [], [0.0]
+    monkeypatch.setattr(cli_app.typer, "echo", lambda text, err=False: lines.append(text))
+    ticker = cli_app._Ticker(2, 100, clock=lambda: now[0])
+    now[0] = 130.0  # the kernel's estimate, then step 1
+    ticker.step(1)
+    assert lines[-1] == "image 1/2, step 1/100: 130 s elapsed"
+    now[0] = 140.0  # ten steps later: 1 s a step, 89 steps to go, and one more file of (140 + 89) s
+    ticker.step(11)
+    assert lines[-1] == "image 1/2, step 11/100: 140 s elapsed, about 318 s left"
+    ticker.next_file()  # the second file takes what the first took on average
+    now[0] = 400.0
+    ticker.step(1)
+    assert lines[-1] == "image 2/2, step 1/100: 400 s elapsed"
+    now[0] = 402.0
+    ticker.step(3)
+    assert lines[-1] == "image 2/2, step 3/100: 402 s elapsed, about 97 s left"
 
 
 def test_version_1_sidecars_keep_their_mask_meaning(tmp_path):

@@ -6,6 +6,7 @@ import json
 import os
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, Optional
 
@@ -547,32 +548,46 @@ PROGRESS_EVERY = 5.0
 class _Ticker:
     """Progress as plain stderr lines, at most one every ``PROGRESS_EVERY`` seconds, with the time left.
 
-    The estimate is the current file's pace: its remaining steps plus the files not yet
-    started, each taking what the finished ones took on average (or this one, at first).
+    The estimate is the current file's pace since its first step (not since the file
+    began: a blind deblur spends minutes fitting kernels before its first step): its
+    remaining steps plus the files not yet started, each taking what the finished ones
+    took on average (or this one's steps, at first).  Until a file has a pace (its
+    first step), a line gives the time elapsed only.
     """
 
-    def __init__(self, n_files: int, n_steps: int) -> None:
+    def __init__(self, n_files: int, n_steps: int, clock: Callable[[], float] | None = None) -> None:
         import time
 
-        self.clock = time.monotonic
+        self.clock = clock or time.monotonic
         self.n_files, self.n_steps = n_files, n_steps
         self.start = self.file_start = self.last = self.clock()
         self.done = 0
+        self.first: tuple[int, float] | None = None  # (step, time) of the current file's first step
 
     def next_file(self) -> None:
         self.done += 1
         self.file_start = self.clock()
+        self.first = None
 
     def step(self, i: int) -> None:
         now = self.clock()
+        if self.first is None:
+            self.first = (i, now)
         if now - self.last < PROGRESS_EVERY:
             return
         self.last = now
-        per_step = (now - self.file_start) / max(i, 1)
-        per_file = (self.file_start - self.start) / self.done if self.done else per_step * self.n_steps
+        head = (f"image {min(self.done + 1, self.n_files)}/{self.n_files}, step {i}/{self.n_steps}: "
+                f"{now - self.start:.0f} s elapsed")  # fmt: skip
+        i0, t0 = self.first
+        if i <= i0:
+            typer.echo(head, err=True)
+            return
+        per_step = (now - t0) / (i - i0)
+        # a finished file's mean time, or this one's: so far, plus its steps to go
+        this = (now - self.file_start) + per_step * (self.n_steps - i)
+        per_file = (self.file_start - self.start) / self.done if self.done else this
         left = per_step * (self.n_steps - i) + per_file * max(self.n_files - self.done - 1, 0)
-        typer.echo(f"image {min(self.done + 1, self.n_files)}/{self.n_files}, step {i}/{self.n_steps}: "
-                   f"{now - self.start:.0f} s elapsed, about {left:.0f} s left", err=True)  # fmt: skip
+        typer.echo(f"{head}, about {left:.0f} s left", err=True)
 
 
 @app.command()
