@@ -551,8 +551,8 @@ class _Ticker:
     The estimate is the current file's pace since its first step (not since the file
     began: a blind deblur spends minutes fitting kernels before its first step): its
     remaining steps plus the files not yet started, each taking what the finished ones
-    took on average (or this one's steps, at first).  Until a file has a pace (its
-    first step), a line gives the time elapsed only.
+    took on average (before any has finished: this one's time so far plus its steps to
+    go).  Until a file has a pace (its first step), a line gives the time elapsed only.
     """
 
     def __init__(self, n_files: int, n_steps: int, clock: Callable[[], float] | None = None) -> None:
