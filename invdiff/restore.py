@@ -66,8 +66,12 @@ class Result:
             ``invdiff.blind.estimate_blind``); ``None`` for every other operator.
         kernel_candidates: for ``op=BlindBlur(...)``, per image, every kernel the choice weighed, as
             ``(label, kernel (K, K), score)``: the score is ``SpectralModel.nll`` plus the penalty for
-            a free-form kernel's pixels; ``invdiff.blind.choose`` took ``kernel_choice`` (the least score);
-            ``None`` for every other operator.
+            a free-form kernel's pixels; ``None`` for every other operator.
+        kernel_misfits: for ``op=BlindBlur(...)``, per image, ``{label: misfit}`` for the candidates
+            restored to check them (those within ``BlindBlur.check_margin`` of the least score):
+            the RMS of the restoration blurred by the candidate, less the photo;
+            ``invdiff.blind.choose`` took ``kernel_choice`` (the least misfit, or the least score
+            where nothing was checked: an empty dict); ``None`` for every other operator.
         calibration: the :class:`~invdiff.intervals.Calibration` ``restore`` was given, which
             :meth:`interval` then applies; ``None`` for raw sample intervals.
         sigma_max: the first noise level of the schedule the sampler ran.
@@ -88,6 +92,7 @@ class Result:
     kernel: Tensor | None = None
     kernel_choice: list[str] | None = None
     kernel_candidates: list[list[tuple[str, Tensor, float]]] | None = None
+    kernel_misfits: list[dict[str, float]] | None = None
     calibration: Calibration | None = None
     sigma_max: float | None = None
 
@@ -553,10 +558,12 @@ def _restore_blind(
 ) -> Result:
     """``invdiff.restore`` for a ``BlindBlur``: kernel by EM per image, then the final non-blind run.
 
-    Each image of the batch gets its own kernel.  The E-steps draw one sample with
-    ``blind.em_steps`` steps (default: ``steps``); the final run draws ``samples``
-    with ``steps``.  The result is the photo's region (``y``'s size), with
-    ``Result.kernel`` ``(B, K, K)``; ``nfe`` and ``seconds`` count every run.
+    Each image of the batch gets its own kernel.  The E-steps and the checks draw one
+    sample with ``blind.em_steps`` steps (default: ``steps``); the final run draws
+    ``samples`` with ``steps`` (the chosen candidate's check run is the final run where
+    that is the same run: one sample, the same steps).  The result is the photo's region
+    (``y``'s size), with ``Result.kernel`` ``(B, K, K)``; ``nfe`` and ``seconds`` count
+    every run.
     """
     if noise is not None:
         raise ValueError("a BlindBlur takes Gaussian noise through sigma_y (a number or 'auto'), not noise=")
@@ -582,19 +589,27 @@ def _restore_blind(
     means, stds, draws, kernels, nfe, last = [], [], [], [], 0, None
     choices: list[str] = []
     weighed: list[list[tuple[str, Tensor, float]]] = []
+    misfits: list[dict[str, float]] = []
     for i in range(b):
         yi = y[i : i + 1]
 
         def run(op: Blur, n: int = 1, s: int | None = blind.em_steps) -> Result:
-            return restore(yi, op, prior, method=method, steps=s if s is not None else steps, sigma_y=sigma_y,
-                           samples=n, seed=seed + i, generator=generator, callback=callback, sigma_max=sigma_max,
-                           **knobs)  # fmt: skip
+            nonlocal nfe
+            r = restore(yi, op, prior, method=method, steps=s if s is not None else steps, sigma_y=sigma_y,
+                        samples=n, seed=seed + i, generator=generator, callback=callback, sigma_max=sigma_max,
+                        **knobs)  # fmt: skip
+            nfe += r.nfe  # every run counts: E-steps, checks and the final one
+            return r
 
-        k, candidates, em = estimate_blind(yi, blind, run, float(sigma_y))
-        choices.append(next(label for label, kc, _ in candidates if kc is k))
+        k, candidates, checked = estimate_blind(yi, blind, run, float(sigma_y))
+        label = next(label for label, kc, _ in candidates if kc is k)
+        choices.append(label)
         weighed.append(candidates)  # (label, kernel on y's device, score), as estimate_blind weighed them
-        last = run(Blur(k.to(y.device), padding="valid"), samples, steps)
-        nfe += last.nfe + (em.nfe * blind.em_iters if em is not None else 0)
+        misfits.append({c: m for c, (m, _) in checked.items()})
+        if label in checked and samples == 1 and (blind.em_steps is None or blind.em_steps == steps):
+            last = checked[label][1]  # the chosen kernel's check run is the final run
+        else:
+            last = run(Blur(k.to(y.device), padding="valid"), samples, steps)
 
         def region(t: Tensor) -> Tensor:
             return t[..., top : top + h, top : top + w]
@@ -608,5 +623,5 @@ def _restore_blind(
         mean=torch.cat(means), std=torch.cat(stds), samples=torch.cat(draws, dim=1), nfe=nfe,
         seconds=time.perf_counter() - start, method=method, steps=last.steps, knobs=last.knobs, dtype=last.dtype,
         network_dtype=last.network_dtype, padded=last.padded, sigma_y=last.sigma_y, kernel=torch.stack(kernels),
-        kernel_choice=choices, kernel_candidates=weighed,
+        kernel_choice=choices, kernel_candidates=weighed, kernel_misfits=misfits,
     )

@@ -15,8 +15,10 @@ from invdiff.blind import (
     EM_MARGIN,
     arc_kernel,
     bend_kernel,
+    check_candidates,
     choose,
     centre_kernel,
+    data_misfit,
     classical_kernel,
     clean_kernel,
     estimate_kernel,
@@ -175,15 +177,15 @@ def test_estimate_blind_returns_the_chosen_candidate(monkeypatch):
         started.append(op.kernel.detach().cpu().reshape(15, 15))
         return invdiff.restore(y, op, prior, method="diffpir", steps=2, sigma_y=0.01)
 
-    k, candidates, res = estimate_blind(y, BlindBlur(15, em_iters=1), run, 0.01)
+    k, candidates, checked = estimate_blind(y, BlindBlur(15, em_iters=1, check_margin=0), run, 0.01)
     # EM started from the spectral (bent) arc, turned towards the classical estimate of best score
     model = SpectralModel(y[0], 0.01)
     best_classical = min((c for c in candidates if c[0].startswith("classical")), key=lambda c: c[2])[1]
     assert len(started) == 1 and torch.allclose(started[0], orient(model.fit_bend(15)[0], best_classical), atol=1e-6)
     classical = [label for label, _ in CLASSICAL_VARIANTS]
     assert classical[0] == "classical" and len(set(classical)) == len(classical) > 1
-    assert [c[0] for c in candidates] == ["gaussian", "line", *classical, "em1"] and res is not None
-    assert torch.equal(k, choose(candidates)[1])
+    assert [c[0] for c in candidates] == ["gaussian", "line", *classical, "em1"] and checked == {}
+    assert torch.equal(k, choose(candidates)[1])  # no check: the least score
     assert kernel_ncc(k, kernel) > 0.97
     # every score is the kernel's spectral NLL plus the charge for its free parameters
     for label, kernel_c, score in candidates:
@@ -193,16 +195,54 @@ def test_estimate_blind_returns_the_chosen_candidate(monkeypatch):
         assert min(abs(charge - a) for a in allowed) < 1e-9
     # a given start replaces the default candidates, and is charged as a free-form kernel
     init = gaussian_kernel(2.0, 15)
-    _, only, res0 = estimate_blind(y, BlindBlur(15, init=init, em_iters=0), run, 0.01)
-    assert [c[0] for c in only] == ["init"] and res0 is None
+    _, only, none0 = estimate_blind(y, BlindBlur(15, init=init, em_iters=0, check_margin=0), run, 0.01)
+    assert [c[0] for c in only] == ["init"] and none0 == {}
     assert abs(only[0][2] - model.nll(init) - model.penalty(int((init > 0).sum()) - 1)) < 1e-9
-    _, with_em, _ = estimate_blind(y, BlindBlur(15, init=init, em_iters=1), run, 0.01)
+    _, with_em, _ = estimate_blind(y, BlindBlur(15, init=init, em_iters=1, check_margin=0), run, 0.01)
     assert [c[0] for c in with_em] == ["init", "em1"]
     assert torch.allclose(started[-1], init / init.sum())  # a given start starts EM
     # without EM rounds the arc, which only starts them, is not fitted
     monkeypatch.setattr(SpectralModel, "_fit_arc", lambda *a: pytest.fail("an arc fitted without EM rounds"))
-    _, no_em, none = estimate_blind(y, BlindBlur(15, em_iters=0), run, 0.01)
-    assert [c[0] for c in no_em] == ["gaussian", "line", *classical] and none is None
+    _, no_em, none = estimate_blind(y, BlindBlur(15, em_iters=0, check_margin=0), run, 0.01)
+    assert [c[0] for c in no_em] == ["gaussian", "line", *classical] and none == {}
+    # the check: the candidates within the margin of the least score restored, a round's kernel by its E-step's run
+    monkeypatch.undo()
+    started.clear()
+    k, candidates, checked = estimate_blind(y, BlindBlur(15, em_iters=2, check_margin=1.0), run, 0.01)
+    assert sorted(checked) == sorted(c[0] for c in candidates)  # a margin wide enough for all
+    assert len(started) == 2 + len(candidates) - 1  # the rounds, then the checks (em1's run is round 2's)
+    for label, (misfit, res) in checked.items():
+        kc = next(c[1] for c in candidates if c[0] == label)
+        assert misfit == pytest.approx(data_misfit(y, kc, res.mean))
+    assert torch.equal(k, choose(candidates, misfits={c: m for c, (m, _) in checked.items()})[1])
+
+
+def test_the_check_takes_the_restoration_nearest_the_photo():
+    x = _camera(40)
+    true = gaussian_kernel(1.5, 9)
+    y = Blur(true, padding="valid")(x)
+    wrong, other = gaussian_kernel(3.0, 9), motion_kernel(9, 0.5, torch.Generator().manual_seed(0))
+    calls = []
+
+    class Run:  # a restoration: the truth under the true kernel, a blurred image under the others
+        def __init__(self, mean):
+            self.mean = mean
+
+    def run(op):
+        k = op.kernel.detach().cpu().reshape(9, 9)
+        calls.append(k)
+        return Run(x if torch.allclose(k, true) else Blur(wrong, padding="reflect")(x))
+
+    cands = [("gaussian", wrong, -8.0), ("line", true, -7.99), ("em1", other, -7.98), ("classical", true, -7.0)]
+    checked = check_candidates(y, cands, run, 0.05, runs={"em1": Run(x)})
+    assert sorted(checked) == ["em1", "gaussian", "line"]  # within 0.05 of the least score; "classical" not run
+    assert len(calls) == 2  # em1's run was given
+    assert checked["line"][0] == pytest.approx(0.0, abs=1e-6) and checked["gaussian"][0] > 0.01
+    misfits = {c: m for c, (m, _) in checked.items()}
+    assert choose(cands, misfits=misfits)[0] == "line"  # the nearest, though not the least score
+    assert choose(cands)[0] == "gaussian"  # without misfits: the least score
+    assert check_candidates(y, cands, run, 0.005) == {} and check_candidates(y, cands, run, 0) == {}
+    assert len(calls) == 2  # one candidate in the margin: nothing to check, nothing run
 
 
 def test_choose_takes_the_least_score_unless_an_em_round_sits_within_the_margin():
@@ -257,23 +297,36 @@ def test_restore_blind_returns_the_photo_and_its_kernel():
     kernel = gaussian_kernel(1.2, 9)
     _, y = _blurred(kernel, 40)
     prior = invdiff.priors.load_prior("natural-gray")
-    res = invdiff.restore(torch.cat([y, y.flip(-1)]), BlindBlur(9, em_iters=1), prior, method="diffpir", steps=3,
-                          sigma_y=0.01, samples=2)  # fmt: skip
+    wide = BlindBlur(9, em_iters=1, check_margin=1.0)  # every candidate checked
+    res = invdiff.restore(torch.cat([y, y.flip(-1)]), wide, prior, method="diffpir", steps=3, sigma_y=0.01,
+                          samples=2)  # fmt: skip
+    per_run = invdiff.restore(y, Blur(kernel, padding="valid"), prior, method="diffpir", steps=3, sigma_y=0.01).nfe
     assert res.mean.shape == (2, 1, 40, 40) and res.samples.shape == (2, 2, 1, 40, 40)
     assert res.kernel.shape == (2, 9, 9)
     assert torch.allclose(res.kernel.sum((-1, -2)), torch.ones(2), atol=1e-5) and res.kernel.min() >= 0
-    assert res.nfe >= 2 * 3  # the E-step run and the final run, per image
+    # per image: the E-step run, a check run for each of the 6 candidates (em1 has no run of its own: one
+    # round) and the final run (2 samples: not a check's run)
+    assert res.nfe == 2 * 8 * per_run
     labels = {"gaussian", "line", "em1", *(label for label, _ in CLASSICAL_VARIANTS)}
     assert len(res.kernel_choice) == 2 and set(res.kernel_choice) <= labels
     assert len(res.kernel_candidates) == 2
+    assert len(res.kernel_misfits) == 2
     for i, weighed in enumerate(res.kernel_candidates):  # every kernel weighed, and the one choose() takes
         assert {label for label, _, _ in weighed} == labels
-        label, k, _ = choose(weighed)
+        assert set(res.kernel_misfits[i]) == labels
+        label, k, _ = choose(weighed, misfits=res.kernel_misfits[i])
         assert label == res.kernel_choice[i] and torch.equal(k, res.kernel[i]) and k.shape == (9, 9)
     # a given start with no EM rounds is returned as it is
     res0 = invdiff.restore(y, BlindBlur(9, init=kernel, em_iters=0), prior, method="diffpir", steps=2, sigma_y=0.01)
     assert torch.allclose(res0.kernel[0], kernel / kernel.sum())
     assert res0.kernel_choice == ["init"]
+    # one sample: the chosen kernel's check run is the final run (the E-step and 6 checks, no eighth run)
+    one = invdiff.restore(y, wide, prior, method="diffpir", steps=3, sigma_y=0.01, samples=1)
+    assert one.nfe == 7 * per_run
+    # no check: the E-step and the final run
+    plain = invdiff.restore(y, BlindBlur(9, em_iters=1, check_margin=0), prior, method="diffpir", steps=3,
+                            sigma_y=0.01, samples=1)  # fmt: skip
+    assert plain.nfe == 2 * per_run and plain.kernel_misfits == [{}]
 
 
 def test_blind_errors():
@@ -290,6 +343,9 @@ def test_blind_errors():
             BlindBlur(bad)
     with pytest.raises(ValueError, match="init must be"):
         BlindBlur(9, init=torch.ones(7, 7))
+    for bad in (-0.1, float("nan"), True, "0.02"):
+        with pytest.raises(ValueError, match="check_margin must be a number >= 0"):
+            BlindBlur(9, check_margin=bad)
     with pytest.raises(ValueError, match="non-negative"):
         BlindBlur(3, init=-torch.ones(3, 3))
     with pytest.raises(ValueError, match="no kernel yet"):

@@ -67,7 +67,12 @@ def test_kernel_auto_writes_the_kernel_and_reads_it_back(photo, tmp_path):
     assert isinstance(row["kernel_fills_support"], bool)
     assert row["kernel_choice"] in ("gaussian", "line") or row["kernel_choice"].startswith(("classical", "em"))
     assert row["method"] == "diffpir" and row["steps"] == 3 and row["output_size"] == [SIZE, SIZE]
-    assert row["nfe"] == 3 * (BlindBlur(9).em_iters + 1)  # the EM rounds and the final run, 3 steps each
+    # the EM rounds, a run for each checked candidate that is not an EM round's (em4's is not: it starts no
+    # round) and the final run unless it is the chosen candidate's check run (one sample here); 3 steps each
+    em_iters, checked = BlindBlur(9).em_iters, row["kernel_misfits"]
+    free = {f"em{i}" for i in range(1, em_iters)}
+    runs = em_iters + len(set(checked) - free) + (0 if row["kernel_choice"] in checked else 1)
+    assert row["nfe"] == 3 * runs
     # the preview: 8-bit gray, the kernel scaled to its maximum, each tap a square of 23 pixels
     png = io.imread(folder / "kernel.png")
     assert png.dtype == np.uint8 and png.shape == (207, 207)
@@ -98,10 +103,22 @@ def test_each_file_gets_its_own_kernel_and_the_progress_counts_every_run(photo, 
     soft, motion = np.load(out / "soft" / "kernel.npy"), np.load(out / "shake" / "kernel.npy")
     # each its own estimate (on 40x40 crops the estimates are too rough to say more of their shapes)
     assert soft.shape == motion.shape == (9, 9) and not np.allclose(soft, motion)
-    # per file: the EM rounds' runs and the final one, 3 steps each, counted as one bar that never goes back
-    total = 3 * (BlindBlur(9).em_iters + 1)
-    assert [s for _, s in reports] == [total] * (2 * total)
-    assert [i for i, _ in reports] == list(range(total)) * 2
+    # per file: the EM rounds' runs, the checks' and the final one, 3 steps each, counted as one bar that never
+    # goes back; its total is the runs planned (CHECK_RUNS for the checks), more where more came
+    from invdiff.cli.batch import CHECK_RUNS
+
+    planned = 3 * (BlindBlur(9).em_iters + CHECK_RUNS + 1)
+    files, start = [], 0
+    for j in range(1, len(reports) + 1):  # split where the step count starts again
+        if j == len(reports) or reports[j][0] == 0:
+            files.append(reports[start:j])
+            start = j
+    assert len(files) == 2
+    for steps in files:
+        n = len(steps)
+        assert n % 3 == 0 and n >= 3 * (BlindBlur(9).em_iters + 1)
+        assert [i for i, _ in steps] == list(range(n))
+        assert [s for _, s in steps] == [max(planned, 3 * (k // 3 + 1)) for k in range(n)]
 
 
 @pytest.mark.parametrize(

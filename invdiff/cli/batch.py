@@ -409,6 +409,7 @@ class Interval:
 def _finish(p: _Prepared, mean: torch.Tensor, std: torch.Tensor, samples: torch.Tensor, *, method: str,
             steps: int, nfe: int, seconds: float, save_samples: bool,
             batched: int = 1, kernel: torch.Tensor | None = None, kernel_choice: list[str] | None = None,
+            kernel_misfits: list[dict[str, float]] | None = None,
             interval: Interval | None = None) -> dict[str, Any]:  # fmt: skip
     """Write one file's outputs (``samples``: ``(S, slices, C, H, W)``) and return its metrics row.
 
@@ -464,6 +465,9 @@ def _finish(p: _Prepared, mean: torch.Tensor, std: torch.Tensor, samples: torch.
         row["kernel_fills_support"] = fills_support(kernel)
         if kernel_choice:  # which candidate won, per slice (invdiff.blind.estimate_blind)
             row["kernel_choice"] = kernel_choice[0] if len(set(kernel_choice)) == 1 else kernel_choice
+        if kernel_misfits is not None:  # the candidates checked by restoring them, and their misfits, per slice
+            checked = [{c: round(m, 6) for c, m in mm.items()} for mm in kernel_misfits]
+            row["kernel_misfits"] = checked[0] if len(checked) == 1 else checked
     if batched > 1:
         row["batched_with"] = batched  # seconds: the batch's time divided by its images
     if bounds is not None:
@@ -599,6 +603,9 @@ def default_method(task: str, mode: str) -> str:
 
 #: seconds a restoration without --steps/--samples aims at per image (``invdiff.memory.default_steps_samples``)
 BUDGET_SECONDS = 60.0
+#: sampler runs a blind deblur's kernel check adds, as planned (``BlindBlur.check_margin``): 2.4 on average
+#: (0-5) on the blind benchmark's 18 camera-shake cases (held-out and validation), less the EM rounds' reused runs
+CHECK_RUNS = 2
 
 def default_knobs(method: str, op: Any, knobs: dict[str, Any] | None = None) -> dict[str, Any]:
     """``knobs`` plus the defaults the command line adds: ``cg_iters`` for DiffPIR on a blur without an SVD."""
@@ -625,8 +632,9 @@ def plan(p: _Prepared, method: str | None, steps: int | None, samples: int | Non
     before the prediction passes (a CT operator's dense SVD is made only after it).
 
     A ``BlindBlur`` (``--kernel auto``) is priced as the 'valid' blur its runs use
-    (:func:`pricing_operator`, one image at a time), and its ``em_iters`` single-sample
-    runs before the final one share the minute with it.
+    (:func:`pricing_operator`, one image at a time), and its single-sample runs before the
+    final one share the minute with it: ``em_iters`` rounds and the checks' runs, counted as
+    ``CHECK_RUNS`` (their number depends on the photo).
     """
     from ..memory import check_memory, default_cap, default_steps_samples, fitting_methods, predict_seconds
 
@@ -636,14 +644,14 @@ def plan(p: _Prepared, method: str | None, steps: int | None, samples: int | Non
     n = 1 if blind else (batch or min(shape[0], VOLUME_BATCH))  # a blind batch is restored image by image
     x_shape, y = (n, *shape[1:]), p.y[: min(n, p.y.shape[0])]
     priced = pricing_operator(p.op)
-    em_iters = p.op.em_iters if blind else 0
+    single_runs = p.op.em_iters + (CHECK_RUNS if p.op.check_margin > 0 else 0) if blind else 0
 
     def auto(m: str) -> tuple[int, int, dict[str, Any]]:
         k = default_knobs(m, priced, knobs)
         budget = BUDGET_SECONDS
         a_steps, a_samples = default_steps_samples(m, x_shape, p.prior, budget, op=priced, knobs=k)
-        for _ in range(3 if em_iters else 0):  # the EM's runs (1 sample each) and the final one in the minute
-            runs = [a_samples] + [1] * em_iters
+        for _ in range(3 if single_runs else 0):  # the EM's runs (1 sample each) and the final one in the minute
+            runs = [a_samples] + [1] * single_runs
             total = sum(predict_seconds(m, x_shape, p.prior, a_steps, s, priced, k) for s in runs)
             if total <= 1.05 * BUDGET_SECONDS:
                 break
@@ -670,7 +678,8 @@ def plan(p: _Prepared, method: str | None, steps: int | None, samples: int | Non
 
 def _with_steps(callback: Callable[[dict], None] | None, steps: int, chunks: int = 1) -> Callable[[dict], None] | None:
     """``callback`` with the run's total steps in each report (``"steps"``): a volume restored in
-    ``chunks`` sampler calls counts ``chunks * steps`` steps, its ``"i"`` continuing from chunk to chunk."""
+    ``chunks`` sampler calls counts ``chunks * steps`` steps, its ``"i"`` continuing from chunk to chunk
+    (a call beyond ``chunks``, as a blind deblur's checks may make, adds its steps to the total)."""
     if callback is None:
         return None
     state = {"chunk": 0, "last": -1}
@@ -680,7 +689,7 @@ def _with_steps(callback: Callable[[dict], None] | None, steps: int, chunks: int
         if i < state["last"]:
             state["chunk"] += 1
         state["last"] = i
-        callback({**info, "i": state["chunk"] * steps + i, "steps": steps * chunks})
+        callback({**info, "i": state["chunk"] * steps + i, "steps": steps * max(chunks, state["chunk"] + 1)})
 
     return report
 
@@ -696,17 +705,20 @@ def _run(p: _Prepared, *, method: str | None, steps: int | None, samples: int | 
     """Restore one prepared file (a volume in chunks of slices) and write it.
 
     ``BlindBlur``: one ``restore`` call, which estimates each slice's kernel and runs the
-    sampler ``em_iters + 1`` times per slice; the progress counts the steps of every run.
+    sampler ``em_iters + 1`` times per slice and ``CHECK_RUNS`` more, about (the checks' runs
+    depend on the photo); the progress counts the steps of every run, its total growing
+    where more runs come.
     """
     _check_calibrated_task(interval, p.task)
     m, n_steps, n_samples, op, knobs = plan(p, method, steps, samples, max_memory, knobs)
     if isinstance(op, BlindBlur):
-        runs = p.y.shape[0] * (op.em_iters + 1)
+        runs = p.y.shape[0] * (op.em_iters + (CHECK_RUNS if op.check_margin > 0 else 0) + 1)
         result = restore(p.y, op, p.prior, method=m, steps=n_steps, sigma_y=p.sigma_y, samples=n_samples,
                          seed=p.seed, callback=_with_steps(callback, n_steps, runs), **knobs)  # fmt: skip
         return _finish(p, result.mean, result.std, result.samples, method=m, steps=result.steps, nfe=result.nfe,
                        seconds=result.seconds, save_samples=save_samples, kernel=result.kernel,
-                       kernel_choice=result.kernel_choice, interval=interval)  # fmt: skip
+                       kernel_choice=result.kernel_choice, kernel_misfits=result.kernel_misfits,
+                       interval=interval)  # fmt: skip
     chunks = -(-p.y.shape[0] // VOLUME_BATCH)
     result = restore_batch(p.y, op, p.prior, batch_size=VOLUME_BATCH, method=m, steps=n_steps,
                            sigma_y=p.sigma_y, noise=p.noise, samples=n_samples, seed=p.seed,
