@@ -12,13 +12,15 @@ true noise level) and is scored on the blurry file's region:
 * ``ceiling``: non-blind, with the true kernel;
 * ``guess``: non-blind, with a fixed ``gaussian:2`` (what the command line used
   to assume when no kernel was given);
-* ``blind``: ``restore(y, BlindBlur(31, em_iters=0))``: of the spectral Gaussian
-  and straight-line fits and the classical start, the kernel of highest spectral
-  marginal likelihood, then the sampler (no diffusion in the kernel's estimate);
+* ``blind``: ``restore(y, BlindBlur(31, em_iters=0))``: the spectral Gaussian
+  and straight-line fits and the classical starts, scored by the spectral marginal
+  likelihood; those within ``check_margin`` of the best score restored and the one
+  whose restoration, blurred by it, lies nearest the photo kept, then the sampler
+  (no EM rounds);
 * ``blind+em4``: the default, ``BlindBlur(31)``: the same candidates and four EM
   rounds (a posterior sample given the kernel, the kernel given the sample) from
-  the spectral (bent) arc fit turned towards the classical start, the candidate of
-  highest marginal likelihood, then the final run;
+  the spectral (bent) arc fit turned towards the classical start, the same score
+  and check, then the final run (with one sample, the chosen candidate's check run);
 * ``classical``: the coarse-to-fine L0 kernel estimate alone (``classical_kernel``,
   written from Xu et al. 2013 / Pan et al. 2014) with BM3D deblurring of the
   mirror-padded file at the true noise std (Wiener-Hunt at a fixed balance 1e-2
