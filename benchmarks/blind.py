@@ -185,7 +185,8 @@ def run(mode: str = "quick", device: str = "cpu", seed: int = 0, log=print) -> d
                         # the chosen kernel's non-blind run is blind+em4's final run (same sampler, seed and crop)
                         est = out["blind+em4"][0] if cand == choice["blind+em4"] else nonblind(kc)[0]
                         p = aligned(est, truth)["psnr"]
-                        weighed.append({"label": cand, "score": score, "kernel_ncc": kernel_ncc(kc, k), "psnr": p})
+                        weighed.append({"label": cand, "score": score, "misfit": r.kernel_misfits[0].get(cand),
+                                        "kernel_ncc": kernel_ncc(kc, k), "psnr": p})  # fmt: skip
                         if best is None or p > best[0]:
                             best = (p, est, kc, cand)
                     assert best is not None
