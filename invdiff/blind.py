@@ -817,16 +817,18 @@ def check_candidates(
     (Gelman, Meng & Stern 1996) among candidates the marginal likelihood cannot tell apart:
     among all of them it would favour kernels that explain too little (a near-delta fits any
     photo), so the margin keeps it to those the spectrum finds about as likely.  Measured on
-    scratch runs of the blind benchmark's cases, every candidate restored and scored against
-    the truth (the choice simulated on those runs; ``python -m benchmarks blind`` then ran
-    the method itself): on the 8 held-out camera shakes of ``--quick`` the least score lands
-    2.42 dB below the true-kernel run on average and the check at margin 0.02 2.02 dB (4
-    cases better, by 0.35-1.74 dB, none worse; a perfect choice among the candidates 1.98);
+    scratch runs of the blind benchmark's cases, every candidate restored with the
+    benchmark's settings and scored against the truth, the choice simulated on those runs
+    (the runs the method makes): on the 8 held-out camera shakes of ``--quick`` the least
+    score lands 2.42 dB below the true-kernel run on average and the check at margin 0.02
+    2.02 dB (4 cases better, by 0.35-1.74 dB, none worse; a perfect choice among the
+    candidates 1.98);
     on 12 validation shake cases (``rocket``, ``chelsea``, ``stereo_motorcycle``, shakes of
     seeds 27 and 31, noise 0.01 and 0.03) 2.48 -> 2.10 dB (6 better, 1 worse by 0.16 dB).
     The rule was first seen on the held-out runs and then checked on the validation ones;
-    the margin is the one the spectral score's earlier study found (``choose``).  The same rule among all candidates: 2.02 and 2.39 dB (4 validation cases worse); among
-    the three of least score, without the margin: 2.09 and 2.36 (2 worse).
+    the margin is the one the spectral score's earlier study found (``choose``).  The same
+    rule among all candidates: 2.02 and 2.39 dB (4 validation cases worse); among the three
+    of least score, without the margin: 2.09 and 2.36 (2 worse).
     """
     best = min((c[2] for c in candidates), default=math.inf)
     near = [c for c in sorted(candidates, key=lambda c: c[2]) if c[2] <= best + margin]
