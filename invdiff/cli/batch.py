@@ -607,6 +607,12 @@ BUDGET_SECONDS = 60.0
 #: (0-5) on the blind benchmark's 18 camera-shake cases (held-out and validation), less the EM rounds' reused runs
 CHECK_RUNS = 2
 
+
+def _blind_single_runs(op: BlindBlur) -> int:
+    """The single-sample runs a blind deblur plans before its final run: the EM rounds and ``CHECK_RUNS``."""
+    return op.em_iters + (CHECK_RUNS if op.check_margin > 0 else 0)
+
+
 def default_knobs(method: str, op: Any, knobs: dict[str, Any] | None = None) -> dict[str, Any]:
     """``knobs`` plus the defaults the command line adds: ``cg_iters`` for DiffPIR on a blur without an SVD."""
     from ..operators import Blur
@@ -644,7 +650,7 @@ def plan(p: _Prepared, method: str | None, steps: int | None, samples: int | Non
     n = 1 if blind else (batch or min(shape[0], VOLUME_BATCH))  # a blind batch is restored image by image
     x_shape, y = (n, *shape[1:]), p.y[: min(n, p.y.shape[0])]
     priced = pricing_operator(p.op)
-    single_runs = p.op.em_iters + (CHECK_RUNS if p.op.check_margin > 0 else 0) if blind else 0
+    single_runs = _blind_single_runs(p.op) if blind else 0
 
     def auto(m: str) -> tuple[int, int, dict[str, Any]]:
         k = default_knobs(m, priced, knobs)
@@ -712,7 +718,7 @@ def _run(p: _Prepared, *, method: str | None, steps: int | None, samples: int | 
     _check_calibrated_task(interval, p.task)
     m, n_steps, n_samples, op, knobs = plan(p, method, steps, samples, max_memory, knobs)
     if isinstance(op, BlindBlur):
-        runs = p.y.shape[0] * (op.em_iters + (CHECK_RUNS if op.check_margin > 0 else 0) + 1)
+        runs = p.y.shape[0] * (_blind_single_runs(op) + 1)
         result = restore(p.y, op, p.prior, method=m, steps=n_steps, sigma_y=p.sigma_y, samples=n_samples,
                          seed=p.seed, callback=_with_steps(callback, n_steps, runs), **knobs)  # fmt: skip
         return _finish(p, result.mean, result.std, result.samples, method=m, steps=result.steps, nfe=result.nfe,
