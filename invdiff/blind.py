@@ -826,17 +826,17 @@ def check_candidates(
     on 12 validation shake cases (``rocket``, ``chelsea``, ``stereo_motorcycle``, shakes of
     seeds 27 and 31, noise 0.01 and 0.03) 2.48 -> 2.10 dB (6 better, 1 worse by 0.16 dB).
     The rule was first seen on the held-out runs and then checked on the validation ones;
-    the margin is the one the spectral score's earlier study found (``choose``).  The
-    benchmark rerun with the check gave the simulated 2.02 dB on the held-out shakes, and
-    took its 12 Gaussian cases from 0.38 to 0.12 dB below (worst 1.42 -> 1.02; 9 better,
-    1 unchanged, 2 worse by 0.11 and 0.13 dB).  On the 12 cases of ``blind --validation``
+    the margin is the one the spectral score's earlier study found (``choose``).  The same
+    rule among all candidates: 2.02 and 2.39 dB (4 validation cases worse); among the three
+    of least score, without the margin: 2.09 and 2.36 (2 worse).  The benchmark rerun with
+    the check gave the simulated 2.02 dB on the held-out shakes, and took its 12 Gaussian
+    cases from 0.38 to 0.12 dB below (worst 1.42 -> 1.02; 9 better, 1 unchanged, 2 worse
+    by 0.11 and 0.13 dB).  On the 12 cases of ``blind --validation``
     (shakes of seeds 20 and 21) it lost: 0.55 -> 0.67 dB below (2 better, 3 worse; on
     ``rocket`` at noise 0.01, mostly sky, the Gaussian fit's restoration lay nearer the
     photo than the line fit's and landed 2.95 dB below instead of 0.29); over all 32 shake
     cases 1.74 -> 1.54 dB.  Keeping the least misfit only where it undercuts the least
-    score's by a fraction (0.2 to 5 %) helped no set without hurting another.  The same
-    rule among all candidates: 2.02 and 2.39 dB (4 validation cases worse); among the three
-    of least score, without the margin: 2.09 and 2.36 (2 worse).
+    score's by a fraction (0.2 to 5 %) helped no set without hurting another.
     """
     best = min((c[2] for c in candidates), default=math.inf)
     near = [c for c in sorted(candidates, key=lambda c: c[2]) if c[2] <= best + margin]
