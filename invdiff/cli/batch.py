@@ -603,8 +603,9 @@ def default_method(task: str, mode: str) -> str:
 
 #: seconds a restoration without --steps/--samples aims at per image (``invdiff.memory.default_steps_samples``)
 BUDGET_SECONDS = 60.0
-#: sampler runs a blind deblur's kernel check adds, as planned (``BlindBlur.check_margin``): 2.4 on average
-#: (0-5) on the blind benchmark's 18 camera-shake cases (held-out and validation), less the EM rounds' reused runs
+#: sampler runs a blind deblur's kernel check adds, as planned (``BlindBlur.check_margin``), the EM rounds' reused
+#: runs left out: 2.4 on average (0-5) on 20 camera-shake cases of the blind benchmark's photos (held-out and
+#: validation), 2.5 (1-3) on the 12 cases of ``blind --validation``
 CHECK_RUNS = 2
 
 
