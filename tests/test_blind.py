@@ -13,6 +13,7 @@ import invdiff
 from invdiff.blind import (
     CLASSICAL_VARIANTS,
     EM_MARGIN,
+    SHARP_WIDTH,
     arc_kernel,
     bend_kernel,
     check_candidates,
@@ -23,6 +24,7 @@ from invdiff.blind import (
     clean_kernel,
     estimate_kernel,
     kernel_ncc,
+    line_kernel,
     SpectralModel,
     estimate_blind,
     gaussian_family,
@@ -96,6 +98,24 @@ def test_spectral_model_fits_a_straight_shake():
     assert k.shape == (15, 15) and k.min() >= 0 and abs(float(k.sum()) - 1) < 1e-5
     assert kernel_ncc(k, kernel) > 0.9
     assert nll < model.fit_gaussian(15)[1]  # the line explains a straight shake better than any Gaussian
+
+
+def test_sharp_line_keeps_the_fits_length_and_angle_at_a_narrower_cross_section():
+    t = torch.arange(21, dtype=torch.float64) - 10
+    kernel = line_kernel(t, torch.tensor(10.0), torch.tensor(1.0), torch.tensor(0.9)).float()
+    assert abs(float(kernel.sum()) - 1) < 1e-6 and kernel.min() >= 0
+    _, y = _blurred(kernel, 160)
+    model = SpectralModel(y[0], 0.01)
+    line, nll = model.fit_line(21)
+    assert kernel_ncc(line, kernel) > 0.95
+    _, _, p = model._fit_line(21)
+    assert float(torch.exp(p[2])) > SHARP_WIDTH  # the fit found a cross-section wider than the sharp one
+    sharp, sharp_nll = model.fit_sharp_line(21)
+    assert sharp.shape == (21, 21) and sharp.min() >= 0 and abs(float(sharp.sum()) - 1) < 1e-5
+    assert abs(sharp_nll - model.nll(sharp)) < 1e-9 and sharp_nll > nll  # the fit's width explains the spectrum best
+    narrow = line_kernel(t, torch.exp(p[0]), p[1], torch.tensor(SHARP_WIDTH, dtype=torch.float64)).float()
+    assert kernel_ncc(sharp, narrow) > 0.999 and sharp.max() > line.max()  # same segment, narrower
+    assert model.fit_sharp_line(21, width=5.0) is None  # no narrower than the fit: no candidate
 
 
 def test_spectral_model_fits_a_bent_shake_up_to_its_reflection():
@@ -184,14 +204,15 @@ def test_estimate_blind_returns_the_chosen_candidate(monkeypatch):
     assert len(started) == 1 and torch.allclose(started[0], orient(model.fit_bend(15)[0], best_classical), atol=1e-6)
     classical = [label for label, _ in CLASSICAL_VARIANTS]
     assert classical[0] == "classical" and len(set(classical)) == len(classical) > 1
-    assert [c[0] for c in candidates] == ["gaussian", "line", *classical, "em1"] and checked == {}
+    sharp = ["line-sharp"] if model.fit_sharp_line(15) is not None else []  # where the line fit is wider
+    assert [c[0] for c in candidates] == ["gaussian", "line", *sharp, *classical, "em1"] and checked == {}
     assert torch.equal(k, choose(candidates)[1])  # no check: the least score
     assert kernel_ncc(k, kernel) > 0.97
     # every score is the kernel's spectral NLL plus the charge for its free parameters
     for label, kernel_c, score in candidates:
         charge = score - model.nll(kernel_c)
         free_form = model.penalty(int((kernel_c > 0).sum()) - 1)
-        allowed = [model.penalty(3)] + ([] if label in ("gaussian", "line") else [free_form])  # a fit, or snapped
+        allowed = [model.penalty(3)] + ([] if label in ("gaussian", "line", "line-sharp") else [free_form])  # a fit, or snapped
         assert min(abs(charge - a) for a in allowed) < 1e-9
     # a given start replaces the default candidates, and is charged as a free-form kernel
     init = gaussian_kernel(2.0, 15)
@@ -204,7 +225,7 @@ def test_estimate_blind_returns_the_chosen_candidate(monkeypatch):
     # without EM rounds the arc, which only starts them, is not fitted
     monkeypatch.setattr(SpectralModel, "_fit_arc", lambda *a: pytest.fail("an arc fitted without EM rounds"))
     _, no_em, none = estimate_blind(y, BlindBlur(15, em_iters=0, check_margin=0), run, 0.01)
-    assert [c[0] for c in no_em] == ["gaussian", "line", *classical] and none == {}
+    assert [c[0] for c in no_em] == ["gaussian", "line", *sharp, *classical] and none == {}
     # the check: the candidates within the margin of the least score restored, a round's kernel by its E-step's run
     monkeypatch.undo()
     started.clear()
@@ -304,25 +325,27 @@ def test_restore_blind_returns_the_photo_and_its_kernel():
     assert res.mean.shape == (2, 1, 40, 40) and res.samples.shape == (2, 2, 1, 40, 40)
     assert res.kernel.shape == (2, 9, 9)
     assert torch.allclose(res.kernel.sum((-1, -2)), torch.ones(2), atol=1e-5) and res.kernel.min() >= 0
-    # per image: the E-step run, a check run for each of the 6 candidates (em1 has no run of its own: one
+    # per image: the E-step run, a check run for each of the 6 or 7 candidates (em1 has no run of its own: one
     # round) and the final run (2 samples: not a check's run)
-    assert res.nfe == 2 * 8 * per_run
     labels = {"gaussian", "line", "em1", *(label for label, _ in CLASSICAL_VARIANTS)}
-    assert len(res.kernel_choice) == 2 and set(res.kernel_choice) <= labels
+    assert len(res.kernel_choice) == 2 and set(res.kernel_choice) <= labels | {"line-sharp"}
     assert len(res.kernel_candidates) == 2
     assert len(res.kernel_misfits) == 2
     for i, weighed in enumerate(res.kernel_candidates):  # every kernel weighed, and the one choose() takes
-        assert {label for label, _, _ in weighed} == labels
-        assert set(res.kernel_misfits[i]) == labels
+        image = (y if i == 0 else y.flip(-1))[0]
+        sharp = {"line-sharp"} if SpectralModel(image, 0.01).fit_sharp_line(9) is not None else set()
+        assert {label for label, _, _ in weighed} == labels | sharp
+        assert set(res.kernel_misfits[i]) == labels | sharp
         label, k, _ = choose(weighed, misfits=res.kernel_misfits[i])
         assert label == res.kernel_choice[i] and torch.equal(k, res.kernel[i]) and k.shape == (9, 9)
+    assert res.nfe == per_run * sum(2 + len(weighed) for weighed in res.kernel_candidates)
     # a given start with no EM rounds is returned as it is
     res0 = invdiff.restore(y, BlindBlur(9, init=kernel, em_iters=0), prior, method="diffpir", steps=2, sigma_y=0.01)
     assert torch.allclose(res0.kernel[0], kernel / kernel.sum())
     assert res0.kernel_choice == ["init"]
-    # one sample: the chosen kernel's check run is the final run (the E-step and 6 checks, no eighth run)
+    # one sample: the chosen kernel's check run is the final run (the E-step and the checks, no final run)
     one = invdiff.restore(y, wide, prior, method="diffpir", steps=3, sigma_y=0.01, samples=1)
-    assert one.nfe == 7 * per_run
+    assert one.nfe == (1 + len(one.kernel_candidates[0])) * per_run
     # no check: the E-step and the final run
     plain = invdiff.restore(y, BlindBlur(9, em_iters=1, check_margin=0), prior, method="diffpir", steps=3,
                             sigma_y=0.01, samples=1)  # fmt: skip
