@@ -13,7 +13,8 @@ true noise level) and is scored on the blurry file's region:
 * ``guess``: non-blind, with a fixed ``gaussian:2`` (what the command line used
   to assume when no kernel was given);
 * ``blind``: ``restore(y, BlindBlur(31, em_iters=0))``: the spectral Gaussian
-  and straight-line fits and the classical starts, scored by the spectral marginal
+  and straight-line fits, the line at a 0.5 px cross-section and the classical
+  starts, scored by the spectral marginal
   likelihood; those within ``check_margin`` of the best score restored and the one
   whose restoration, blurred by it, lies nearest the photo kept, then the sampler
   (no EM rounds);

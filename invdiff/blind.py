@@ -8,7 +8,9 @@ classical MAP literature (Cho & Lee 2009; Xu, Zheng & Jia 2013; Pan et al. 2014)
 1. **Starts.** The anisotropic Gaussian and the straight-line motion that
    maximise the photo's spectral marginal likelihood (``SpectralModel.fit_gaussian``,
    ``fit_line``: a power-law image spectrum, the kernel's ``|K|^2`` and the noise,
-   the image integrated out, as in Levin et al. 2011), and a coarse-to-fine MAP estimate
+   the image integrated out, as in Levin et al. 2011), the fitted line at a narrower
+   cross-section (``fit_sharp_line``: the spectrum pins a shake's length and angle
+   better than its width, which it fits wide), and a coarse-to-fine MAP estimate
    with an L0 gradient prior on the image (``classical_kernel``: Xu et al. 2013,
    "Unnatural L0 sparse representation"; the half-quadratic solver of Pan et al.
    2014) at three settings (``CLASSICAL_VARIANTS``), which has the phase a
@@ -465,11 +467,10 @@ class SpectralModel:
         ``|K|`` determines it up to a shift, as for the Gaussian.  ``L = 0`` is an
         isotropic Gaussian.  Twelve starts (lengths 3 to ``0.6 size``, four angles).
         """
-
         return self._fit_line(size)[:2]
 
     def _fit_line(self, size: int) -> tuple[Tensor, float, Tensor | None]:
-        """``fit_line`` and its parameters ``(log L, theta, log w, log A, t)`` (kept: ``fit_sharp_line`` reuses them)."""
+        """``fit_line`` and its parameters ``(log L, theta, log w, log A, t)``, kept for ``fit_sharp_line``."""
         if size in self._lines:
             return self._lines[size]
 
@@ -778,7 +779,8 @@ def estimate_blind(
     """Kernel of one blurry image ``y`` ``(1, C, H, W)`` by EM around ``run(op)``, a ``restore`` of one sample.
 
     The candidates are the spectral Gaussian and linear-motion fits
-    (``SpectralModel.fit_gaussian``, ``fit_line``), the classical starts
+    (``SpectralModel.fit_gaussian``, ``fit_line``), the line at ``SHARP_WIDTH``
+    (``fit_sharp_line``, where the fit is wider), the classical starts
     (``classical_kernel`` at each of ``CLASSICAL_VARIANTS``' settings, snapped) and each
     EM round's kernel.  EM starts from the (bent) arc of ``SpectralModel.fit_bend``, turned by
     ``orient`` towards the classical kernel of best score, whose phase a free-form
@@ -815,7 +817,7 @@ def estimate_blind(
             add(label, fit(size)[0], PARAMETRIC_DOF)
         sharp = model.fit_sharp_line(size)
         if sharp is not None:  # the line at a narrower cross-section, where the fit's is wider
-            add("line-sharp", sharp[0], PARAMETRIC_DOF)
+            add("line-sharp", sharp[0], PARAMETRIC_DOF)  # charged as the fit, as measured (its width is not free)
         for label, settings in CLASSICAL_VARIANTS:
             kc, dof = _snap(classical_kernel(yc, size, **settings)[0])
             add(label, kc, dof)

@@ -61,7 +61,7 @@ class Result:
         kernel: ``(B, K, K)`` the blur kernels estimated for ``op=BlindBlur(...)`` (centred,
             non-negative, summing to 1); ``None`` for every other operator.
         kernel_choice: for ``op=BlindBlur(...)``, which candidate each image's kernel is
-            (``"gaussian"``, ``"line"``, ``"classical"`` or one of its variants
+            (``"gaussian"``, ``"line"``, ``"line-sharp"``, ``"classical"`` or one of its variants
             ``"classical-iters"``, ``"classical-gamma"``, ``"em1"``... or ``"init"``; see
             ``invdiff.blind.estimate_blind``); ``None`` for every other operator.
         kernel_candidates: for ``op=BlindBlur(...)``, per image, every kernel the choice weighed, as
