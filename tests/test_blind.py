@@ -212,7 +212,8 @@ def test_estimate_blind_returns_the_chosen_candidate(monkeypatch):
     for label, kernel_c, score in candidates:
         charge = score - model.nll(kernel_c)
         free_form = model.penalty(int((kernel_c > 0).sum()) - 1)
-        allowed = [model.penalty(3)] + ([] if label in ("gaussian", "line", "line-sharp") else [free_form])  # a fit, or snapped
+        fit = label in ("gaussian", "line", "line-sharp")
+        allowed = [model.penalty(3)] + ([] if fit else [free_form])  # a fit, or snapped
         assert min(abs(charge - a) for a in allowed) < 1e-9
     # a given start replaces the default candidates, and is charged as a free-form kernel
     init = gaussian_kernel(2.0, 15)

@@ -65,7 +65,8 @@ def test_kernel_auto_writes_the_kernel_and_reads_it_back(photo, tmp_path):
     row = json.loads((folder / "metrics.json").read_text())
     assert (row["kernel"], row["kernel_size"], row["kernel_file"]) == ("auto", 9, "kernel.npy")
     assert isinstance(row["kernel_fills_support"], bool)
-    assert row["kernel_choice"] in ("gaussian", "line", "line-sharp") or row["kernel_choice"].startswith(("classical", "em"))
+    fits = ("gaussian", "line", "line-sharp")
+    assert row["kernel_choice"] in fits or row["kernel_choice"].startswith(("classical", "em"))
     assert row["method"] == "diffpir" and row["steps"] == 3 and row["output_size"] == [SIZE, SIZE]
     # the EM rounds, a run for each checked candidate that is not an EM round's (em4's is not: it starts no
     # round) and the final run unless it is the chosen candidate's check run (one sample here); 3 steps each
